@@ -1,0 +1,45 @@
+"""ResNet-18 (basic blocks) and ResNet-50 (bottlenecks), torchvision layout, scalable."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..scaling import Scale, make_divisible, round_repeats
+from .base import ScalableNet, StageSpec
+from .blocks import BasicBlock, Bottleneck, conv_bn_act
+
+PLANES = (64, 128, 256, 512)
+STEM = 64
+
+
+class _ResNet(ScalableNet):
+    block: type[BasicBlock] | type[Bottleneck]
+    repeats: tuple[int, ...]
+
+    def __init__(self, scale: Scale, num_classes: int = 1000):
+        stem_ch = make_divisible(STEM * scale.width)
+        stem = nn.Sequential(conv_bn_act(3, stem_ch, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1))
+        specs = [StageSpec("stem", 1, stem_ch, 4)]
+        stages, cin = [], stem_ch
+        for i, (planes, n) in enumerate(zip(PLANES, self.repeats)):
+            planes, n, stride = make_divisible(planes * scale.width), round_repeats(n, scale.depth), 1 if i == 0 else 2
+            blocks = []
+            for j in range(n):
+                blocks.append(self.block(cin, planes, stride if j == 0 else 1))
+                cin = blocks[-1].out_channels
+            stages.append(nn.Sequential(*blocks))
+            specs.append(StageSpec(f"stage{i + 1}", n, cin, stride))
+        specs.append(StageSpec("head", 1, cin, 1))
+        super().__init__(scale, num_classes, stem, stages, nn.Identity(), cin, 0.0, specs)
+
+
+class ResNet18(_ResNet):
+    family = "resnet18"
+    block = BasicBlock
+    repeats = (2, 2, 2, 2)
+
+
+class ResNet50(_ResNet):
+    family = "resnet50"
+    block = Bottleneck
+    repeats = (3, 4, 6, 3)
