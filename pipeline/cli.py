@@ -75,7 +75,8 @@ def _describe_text(d: dict) -> str:
         "",
     ]
     rows = [{**s, "macs": si(s["macs"])} for s in d["stages"]]
-    cols = [("stage", "stage"), ("blocks", "blocks"), ("channels", "channels"), ("resolution", "resolution"), ("macs", "MACs")]
+    cols = [("stage", "stage"), ("blocks", "blocks"), ("channels", "channels"), ("resolution", "resolution"),
+            ("macs", "MACs")]
     return "\n".join(head) + table(rows, cols)
 
 

@@ -180,8 +180,8 @@ class _Tracer(TorchDispatchMode):
 
 
 def _mutates_first(func) -> bool:
-    schema = func._schema
-    return bool(schema.arguments) and schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write
+    args = func._schema.arguments
+    return bool(args) and args[0].alias_info is not None and args[0].alias_info.is_write
 
 
 def _raw_to_ops(tracer: _Tracer) -> list[Op]:
@@ -238,9 +238,8 @@ def peak_activation_bytes(ops: list[Op], input_bytes: int) -> int:
     A buffer is live from the op that writes it to the last op that reads it. The
     network input (buffer 0) and the final output stay live throughout.
     """
-    size = {0: input_bytes}
-    born = {0: -1}
-    last = {0: len(ops)}
+    n = len(ops)
+    size, born, last = {0: input_bytes}, {0: 0}, {0: n - 1}
     for i, op in enumerate(ops):
         for b in op.inputs:
             last[b] = max(last.get(b, i), i)
@@ -248,13 +247,13 @@ def peak_activation_bytes(ops: list[Op], input_bytes: int) -> int:
             size[op.output], born[op.output] = op.out_bytes, i
         last.setdefault(op.output, i)
     if ops:
-        last[ops[-1].output] = len(ops)
-    events = [0] * (len(ops) + 2)
+        last[ops[-1].output] = n - 1
+    events = [0] * (n + 1)
     for b, s in size.items():
-        events[born[b] + 1] += s
-        events[min(last[b], len(ops)) + 1] -= s
+        events[born[b]] += s
+        events[min(last[b], n - 1) + 1] -= s
     peak = live = 0
-    for delta in events[:-1]:
+    for delta in events[:n]:
         live += delta
         peak = max(peak, live)
     return peak

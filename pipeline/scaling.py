@@ -64,8 +64,8 @@ def round_resolution(
     divisor: int = DEFAULTS["resolution_divisor"],
     minimum: int = DEFAULTS["min_resolution"],
 ) -> int:
-    """Input side length: nearest multiple of ``divisor``, at least ``minimum``."""
-    return max(minimum, int(round(resolution / divisor)) * divisor)
+    """Input side length: nearest multiple of ``divisor`` (ties up), at least ``minimum``."""
+    return max(minimum, int(math.floor(resolution / divisor + 0.5)) * divisor)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def build(family: str, scale: Scale, num_classes: int = 1000, device: str | torc
 
 
 @torch.no_grad()
-def initialize(model: ScalableNet, seed: int = 0, calibration_batches: int = 2, batch: int = 4) -> ScalableNet:
+def initialize(model: ScalableNet, seed: int = 0, calibration_batches: int = 1, batch: int = 8) -> ScalableNet:
     """Deterministic init whose outputs depend on the input.
 
     PyTorch's default init with untrained BatchNorm statistics (mean 0, var 1) makes
@@ -58,7 +58,7 @@ def initialize(model: ScalableNet, seed: int = 0, calibration_batches: int = 2, 
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=1.0 / m.in_features**0.5)
                 nn.init.zeros_(m.bias)
-        res = min(model.resolution, 160)  # BN statistics barely depend on resolution; keep this cheap
+        res = min(model.resolution, 128)  # BN statistics barely depend on resolution; keep this cheap
         model.train()
         for _ in range(calibration_batches):
             model(torch.randn(batch, 3, res, res))

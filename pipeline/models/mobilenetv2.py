@@ -9,7 +9,9 @@ from .base import ScalableNet, StageSpec
 from .blocks import InvertedResidual, conv_bn_act
 
 # expand t, channels c, repeats n, stride s (the paper's Table 2)
-BASE_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+BASE_STAGES = [
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+]
 STEM, LAST = 32, 1280
 DROPOUT = 0.2
 
