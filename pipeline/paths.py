@@ -16,6 +16,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
+
 def _installed_roots() -> list[Path]:
     """Where a non-editable install puts ``share/edgefit`` (pyproject's data-files)."""
     roots = [Path(sysconfig.get_path("data")), Path(sys.prefix)]

@@ -191,9 +191,10 @@ def _validate_roofline(value: Any, where: str) -> dict:
     _str(where, "roofline.reference_target", roof["reference_target"])
     _choice(where, "roofline.reference_precision", roof["reference_precision"], PRECISIONS)
     _str(where, "roofline.note", roof["note"])
-    for name, figure in _dict(where, "roofline.hardware", roof["hardware"]).items():
-        _dict(where, f"roofline.hardware.{name}", figure)
-        _str(where, f"roofline.hardware.{name}.source", figure.get("source"))
+    for table in ("hardware", "reference_hardware"):
+        for name, figure in _dict(where, f"roofline.{table}", roof.get(table, {})).items():
+            _dict(where, f"roofline.{table}.{name}", figure)
+            _str(where, f"roofline.{table}.{name}.source", figure.get("source"))
     return roof
 
 
@@ -274,7 +275,7 @@ def save_profile(profile: Profile, path: str | Path) -> Path:
     data = profile.to_dict()
     validate_profile(data, str(path))
     try:
-        text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+        text = json.dumps(data, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise ProfileInvalid(f"{path}: profile cannot be written as JSON: {exc}") from None
     tmp_name = None
