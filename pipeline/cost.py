@@ -9,6 +9,7 @@ same :class:`Op` records from an ONNX graph, so the predictor costs both in one 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -16,10 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .models import ScalableNet, build
+from .models import FAMILIES, ScalableNet, build, check_family
 from .scaling import Scale
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+_TRACE_RESOLUTION = 224  # one trace per plan, at this resolution; others are derived
 ACT_BYTES = 4  # activations are costed in fp32; precision-specific factors live in the predictor
 
 # Op kinds shared by the torch and ONNX front ends. The predictor keys its features on these.
@@ -281,6 +283,41 @@ def trace_ops(model: ScalableNet, resolution: int | None = None) -> list[Op]:
     return fuse(_raw_to_ops(tracer))
 
 
+def _out_spatial(op: Op, h: int, w: int) -> tuple[int, int]:
+    """Output spatial size of a conv/pool with the symmetric padding every family here uses."""
+    k, st = op.kernel or 3, op.stride
+    pad = (k - 1) // 2
+    return (h + 2 * pad - k) // st + 1, (w + 2 * pad - k) // st + 1
+
+
+def rescale_ops(ops: tuple[Op, ...], resolution: int) -> list[Op]:
+    """The same op list at another input resolution, by propagating spatial sizes.
+
+    Every family is fully convolutional, so only spatial sizes change with resolution;
+    re-deriving them is ~100x cheaper than tracing the model again, which is what makes
+    searching hundreds of architectures fast.
+    """
+    shape: dict[int, tuple[int, ...]] = {0: (1, 3, resolution, resolution)}
+    out: list[Op] = []
+    for op in ops:
+        ins = tuple(shape[b] for b in op.inputs)
+        o = op.out_shape
+        if len(o) == 4 and op.kind != "reduce":
+            h, w = max(s[2] for s in ins if len(s) == 4), max(s[3] for s in ins if len(s) == 4)
+            if op.kind in CONV_KINDS or (op.kind == "pool" and op.kernel):
+                h, w = _out_spatial(op, h, w)
+            elif op.kind == "pool":
+                h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # 3x3/2 max-pool, padding 1
+            o = (o[0], o[1], h, w)
+        macs = op.macs
+        if op.kind in CONV_KINDS:
+            macs = _numel(o) * (ins[0][1] // op.groups) * op.kernel * op.kernel
+        shape[op.output] = o
+        out.append(replace(op, in_shapes=ins, out_shape=o, macs=int(macs),
+                           in_bytes=sum(_numel(s) for s in ins) * ACT_BYTES, out_bytes=_numel(o) * ACT_BYTES))
+    return out
+
+
 def cost_from_ops(ops: list[Op], resolution: int, params: int) -> Cost:
     input_bytes = 3 * resolution * resolution * ACT_BYTES
     return Cost(
@@ -301,6 +338,17 @@ def model_cost(model: ScalableNet, resolution: int | None = None) -> Cost:
     return cost_from_ops(trace_ops(model, resolution), resolution, params)
 
 
-def scale_cost(family: str, scale: Scale, num_classes: int = 1000) -> Cost:
-    """Build on the meta device and cost: no weights are allocated, nothing is timed."""
+@functools.lru_cache(maxsize=256)
+def _topology_cost(family: str, plan: tuple, num_classes: int, scale: Scale) -> Cost:
     return model_cost(build(family, scale, num_classes, device="meta"))
+
+
+def scale_cost(family: str, scale: Scale, num_classes: int = 1000) -> Cost:
+    """Static cost of ``family`` at ``scale``: no weights are allocated, nothing is timed.
+
+    The model is traced once per channel/block plan (on the meta device); other
+    resolutions of the same plan are derived by :func:`rescale_ops`.
+    """
+    plan = FAMILIES[check_family(family)].plan(scale)
+    base = _topology_cost(family, plan, num_classes, scale.with_resolution(_TRACE_RESOLUTION))
+    return cost_from_ops(rescale_ops(base.ops, scale.resolution), scale.resolution, base.params)

@@ -16,7 +16,7 @@ FAMILIES: dict[str, type[ScalableNet]] = {
     cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet50)
 }
 
-__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family"]
+__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family", "signature"]
 
 
 def check_family(family: str) -> str:
@@ -31,6 +31,14 @@ def build(family: str, scale: Scale, num_classes: int = 1000, device: str | torc
     with torch.device(device):
         model = cls(scale, num_classes)
     return model.eval()
+
+
+def signature(family: str, scale: Scale) -> tuple:
+    """What makes two scales the same network: the channel/block plan and the resolution.
+
+    Distinct φ values often round to the same architecture; the search works on these keys.
+    """
+    return FAMILIES[check_family(family)].plan(scale), scale.resolution
 
 
 @torch.no_grad()

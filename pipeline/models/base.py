@@ -41,6 +41,11 @@ class ScalableNet(nn.Module):
         self.classifier = nn.Linear(features, num_classes)
         self.stage_specs = specs
 
+    @staticmethod
+    def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
+        """(stem channels, ((channels, blocks) per stage), head channels) without building anything."""
+        raise NotImplementedError
+
     @property
     def resolution(self) -> int:
         return self.scale.resolution

@@ -116,6 +116,8 @@ class _ResBlock(nn.Module):
 class BasicBlock(_ResBlock):
     """ResNet-18/34 block: two 3x3 convs."""
 
+    expansion = 1
+
     def __init__(self, cin: int, planes: int, stride: int):
         body = nn.Sequential(conv_bn_act(cin, planes, 3, stride, act=nn.ReLU), conv_bn_act(planes, planes, 3, act=None))
         super().__init__(body, cin, planes, stride)

@@ -29,15 +29,18 @@ HEAD_EXPANSION = 4  # head channels = 4 x last stage channels (1280 for B0)
 class EfficientNet(ScalableNet):
     family = "efficientnet"
 
+    @staticmethod
+    def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
+        """(stem channels, ((channels, blocks) per stage), head channels): the architecture, unbuilt."""
+        stages = tuple((make_divisible(c * scale.width), round_repeats(n, scale.depth)) for *_, c, n in BASE_STAGES)
+        return make_divisible(BASE_STAGES[0][3] * scale.width), stages, HEAD_EXPANSION * stages[-1][0]
+
     def __init__(self, scale: Scale, num_classes: int = 1000):
-        ch = lambda c: make_divisible(c * scale.width)  # noqa: E731 - the one rounding rule
-        repeats = [round_repeats(n, scale.depth) for *_, n in BASE_STAGES]
-        total = sum(repeats)
-        stem_ch = ch(BASE_STAGES[0][3])
+        stem_ch, plan, head_ch = self.plan(scale)
+        total = sum(n for _, n in plan)
         specs = [StageSpec("stem", 1, stem_ch, 2)]
         stages, done, cin = [], 0, stem_ch
-        for i, ((expand, kernel, stride, _, cout, _), n) in enumerate(zip(BASE_STAGES, repeats)):
-            cout = ch(cout)
+        for i, ((expand, kernel, stride, *_), (cout, n)) in enumerate(zip(BASE_STAGES, plan)):
             blocks = []
             for j in range(n):
                 drop = STOCHASTIC_DEPTH * done / total
@@ -45,7 +48,6 @@ class EfficientNet(ScalableNet):
                 cin, done = cout, done + 1
             stages.append(nn.Sequential(*blocks))
             specs.append(StageSpec(f"stage{i + 1}", n, cout, stride))
-        head_ch = HEAD_EXPANSION * cin
         specs.append(StageSpec("head", 1, head_ch, 1))
         super().__init__(scale, num_classes, conv_bn_act(3, stem_ch, 3, 2), stages,
                          conv_bn_act(cin, head_ch, 1), head_ch, scale.dropout, specs)

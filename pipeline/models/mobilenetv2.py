@@ -19,13 +19,18 @@ DROPOUT = 0.2
 class MobileNetV2(ScalableNet):
     family = "mobilenetv2"
 
+    @staticmethod
+    def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
+        """(stem channels, ((channels, blocks) per stage), head channels): the architecture, unbuilt."""
+        stages = tuple((make_divisible(c * scale.width), round_repeats(n, scale.depth)) for _, c, n, _ in BASE_STAGES)
+        # the reference never shrinks the head below 1280
+        return make_divisible(STEM * scale.width), stages, make_divisible(LAST * max(1.0, scale.width))
+
     def __init__(self, scale: Scale, num_classes: int = 1000):
-        stem_ch = make_divisible(STEM * scale.width)
-        last_ch = make_divisible(LAST * max(1.0, scale.width))  # the reference never shrinks the head
+        stem_ch, plan, last_ch = self.plan(scale)
         specs = [StageSpec("stem", 1, stem_ch, 2)]
         stages, cin = [], stem_ch
-        for i, (t, c, n, s) in enumerate(BASE_STAGES):
-            cout, n = make_divisible(c * scale.width), round_repeats(n, scale.depth)
+        for i, ((t, _, _, s), (cout, n)) in enumerate(zip(BASE_STAGES, plan)):
             blocks = []
             for j in range(n):
                 blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, t))

@@ -16,13 +16,20 @@ class _ResNet(ScalableNet):
     block: type[BasicBlock] | type[Bottleneck]
     repeats: tuple[int, ...]
 
+    @classmethod
+    def plan(cls, scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
+        """(stem channels, ((planes, blocks) per stage), head channels): the architecture, unbuilt."""
+        stages = tuple((make_divisible(p * scale.width), round_repeats(n, scale.depth))
+                       for p, n in zip(PLANES, cls.repeats))
+        return make_divisible(STEM * scale.width), stages, stages[-1][0] * cls.block.expansion
+
     def __init__(self, scale: Scale, num_classes: int = 1000):
-        stem_ch = make_divisible(STEM * scale.width)
+        stem_ch, plan, _ = self.plan(scale)
         stem = nn.Sequential(conv_bn_act(3, stem_ch, 7, 2, act=nn.ReLU), nn.MaxPool2d(3, 2, 1))
         specs = [StageSpec("stem", 1, stem_ch, 4)]
         stages, cin = [], stem_ch
-        for i, (planes, n) in enumerate(zip(PLANES, self.repeats)):
-            planes, n, stride = make_divisible(planes * scale.width), round_repeats(n, scale.depth), 1 if i == 0 else 2
+        for i, (planes, n) in enumerate(plan):
+            stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n):
                 blocks.append(self.block(cin, planes, stride if j == 0 else 1))
