@@ -1,0 +1,108 @@
+"""Measure-and-correct on a measurable target: the model that ships is one that was timed.
+
+The predictor picks a start; each measurement then corrects the predictions near it by the
+measured/predicted ratio, and the loop moves until it holds a *bracket*: an architecture
+that measured within budget and its next larger neighbour measured over it (or no larger
+one exists). Only a handful of models are measured; there is no sweep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import BudgetInfeasible
+from .search import Budget
+
+MAX_MEASUREMENTS = 6
+# A measured p50 this close under the budget counts as over it: repeated runs on a
+# noisy host differ by about this much, and the shipped model must still fit when re-timed.
+NOISE_MARGIN = 0.02
+
+
+@dataclass(frozen=True)
+class Measurement:
+    index: int
+    phi: float
+    resolution: int
+    predicted_ms: float
+    latency_ms: float
+    latency_ms_p90: float
+    latency_ms_p99: float
+    memory_mb: float | None
+    repeats: int
+    threads: int
+    fits: bool
+    error_pct: float
+    onnx: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def latency_at(self, percentile: int) -> float:
+        return {50: self.latency_ms, 90: self.latency_ms_p90, 99: self.latency_ms_p99}[percentile]
+
+
+def measured_fits(latency: float, memory: float | None, budget: Budget) -> bool:
+    if budget.latency_ms is not None and latency > budget.latency_ms * (1 - NOISE_MARGIN):
+        return False
+    return not (budget.memory_mb is not None and (memory is None or memory > budget.memory_mb * (1 - NOISE_MARGIN)))
+
+
+def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float, float]],
+                measure: Callable[[int], Measurement], budget: Budget,
+                log: Callable[[str], None] = lambda _: None) -> tuple[int, list[Measurement]]:
+    """Return (chosen index, measurements). ``predicted(i)`` -> (latency at percentile, memory)."""
+    done: dict[int, Measurement] = {}
+    ok, bad = -1, n_archs  # largest index measured to fit, smallest measured not to fit
+
+    def ratio(i: int) -> tuple[float, float]:
+        near = min(done.values(), key=lambda m: abs(m.index - i))
+        lat_p, mem_p = predicted(near.index)
+        lat_r = near.latency_at(budget.percentile) / lat_p
+        mem_r = (near.memory_mb / mem_p) if near.memory_mb and mem_p else 1.0
+        return lat_r, mem_r
+
+    def corrected_fits(i: int) -> bool:
+        lat_r, mem_r = ratio(i)
+        lat, mem = predicted(i)
+        return measured_fits(lat * lat_r, mem * mem_r, budget)
+
+    i = start
+    while len(done) < MAX_MEASUREMENTS:
+        m = measure(i)
+        done[i] = m
+        log(f"measured φ={m.phi:g} (res {m.resolution}): p{budget.percentile} "
+            f"{m.latency_at(budget.percentile):.2f} ms, predicted {m.predicted_ms:.2f} ms "
+            f"({m.error_pct:+.1f}%) -> {'fits' if m.fits else 'over budget'}")
+        if m.fits:
+            ok = max(ok, i)
+        else:
+            bad = min(bad, i)
+        if bad == ok + 1 or (ok == n_archs - 1):
+            break
+        inside = [j for j in range(ok + 1, bad) if j not in done]
+        if not inside:
+            break
+        fitting = [j for j in inside if corrected_fits(j)]
+        if fitting:
+            i = max(fitting)
+        elif ok >= 0:
+            i = ok + 1  # confirm that the next larger really does not fit
+        else:
+            i = min(inside)  # even corrected, nothing fits: the smallest decides feasibility at once
+    if ok < 0:
+        smallest = min(done.values(), key=lambda m: m.index)
+        raise BudgetInfeasible(
+            f"nothing measured fits on this device: the smallest tried, φ={smallest.phi:g} (resolution "
+            f"{smallest.resolution}), measured {smallest.latency_at(budget.percentile):.2f} ms and "
+            f"{smallest.memory_mb} MiB. Raise the budget or lower --phi-min.")
+    return ok, sorted(done.values(), key=lambda m: m.index)
+
+
+def remove_unchosen(measurements: list[Measurement], chosen: int) -> None:
+    """Delete the ONNX files of measured models that were not chosen."""
+    for m in measurements:
+        if m.index != chosen:
+            Path(m.onnx).unlink(missing_ok=True)

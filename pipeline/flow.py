@@ -1,0 +1,235 @@
+"""``deploy fit``: one line per step — predict, search, export, measure, verify, report.
+
+Everything is written into a temporary sibling of the run directory and moved into
+place only at the end, so a failed run never leaves a half-written directory nor destroys
+an earlier good one (``--force`` replaces it only once the new run is complete).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from .closed_loop import Measurement, closed_loop, measured_fits, remove_unchosen
+from .cost import scale_cost
+from .errors import BackendUnavailable, DeployError, ModelInvalid, ProfileMissing, UsageError, VerificationFailed
+from .search import DEFAULT_PHI_RANGE, Budget, enumerate_architectures, search
+
+PERCENTILES = (50, 90, 99)
+UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
+TIMING = {"warmup": 10, "min_repeats": 30, "min_time_s": 1.0}
+
+
+def _run_dir(out: str | Path | None, target: str, force: bool) -> Path:
+    path = Path(out) if out else Path("runs") / f"{target}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise DeployError(f"{path} exists and is not empty; pass --force to replace it (only once the new run "
+                          "succeeds), or choose another --out.")
+    return path
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Move the finished run into place; an earlier run there is removed only after that."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _predictor(target, precision: str, threads: int | None, log: Callable[[str], None], progress):
+    from .calibrate import calibrate
+    from .predict import load_predictor
+
+    try:
+        return load_predictor(target, precision, threads)
+    except ProfileMissing:
+        if not target.measurable:
+            raise
+        log(f"no {precision} profile for this machine at {threads} threads: calibrating first with the quick "
+            "suite (about a minute; run `deploy calibrate --target host` for the full one).")
+        calibrate(target, precision, threads, quick=True, progress=progress)
+        return load_predictor(target, precision, threads)
+
+
+def _load_weights(model, weights: str | Path) -> None:
+    import torch
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelInvalid(f"cannot read weights {weights}: {exc}") from None
+    state = state.get("state_dict", state.get("weights", state)) if isinstance(state, dict) else state
+    mine = model.state_dict()
+    bad = [k for k, v in state.items() if k not in mine or mine[k].shape != v.shape]
+    missing = [k for k in mine if k not in state]
+    if bad or missing:
+        raise ModelInvalid(f"weights {weights} do not match the chosen architecture: {len(bad)} mismatched and "
+                           f"{len(missing)} missing tensors (e.g. {(bad or missing)[0]}). Train this architecture "
+                           "or pass --phi-min/--phi-max so the search picks the one the weights are for.")
+    model.load_state_dict(state)
+
+
+def fit(target: str, latency: float | None = None, memory: float | None = None, family: str = "efficientnet",
+        precision: str | None = None, percentile: int = 50, phi_min: float | None = None,
+        phi_max: float | None = None, out: str | Path | None = None, force: bool = False,
+        threads: int | None = None, weights: str | Path | None = None, dynamic_batch: bool = False,
+        agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int = 1000,
+        log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
+    """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
+    from .models import check_family
+    from .targets import load_target
+
+    started = time.perf_counter()
+    if latency is None and memory is None:
+        raise UsageError("give at least one budget: --latency (e.g. 20ms) and/or --memory (e.g. 256MB).")
+    if percentile not in PERCENTILES:
+        raise UsageError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}.")
+    if agent is not None:
+        raise BackendUnavailable("the measurement agent (--agent) is not available yet; fit on 'host' or predict.")
+    check_family(family)
+    tgt = load_target(target, targets_dir)
+    precision = tgt.check_precision(precision)
+    if precision == "int8":
+        raise BackendUnavailable("int8 needs quantization, which is not available yet; use fp32 for now.")
+    threads = threads or tgt.threads
+    run_dir = _run_dir(out, tgt.name, force)
+    lo, hi = (DEFAULT_PHI_RANGE[0] if phi_min is None else phi_min), (DEFAULT_PHI_RANGE[1] if phi_max is None
+                                                                        else phi_max)
+    predictor = _predictor(tgt, precision, threads, log, progress)
+    budget = Budget(latency, memory, percentile)
+    margin = predictor.heldout_error_pct if predictor.heldout_error_pct is not None else UNKNOWN_ERROR_MARGIN_PCT
+    archs = enumerate_architectures(family, lo, hi)
+
+    def predict_arch(i: int) -> tuple[float, float]:
+        p = predictor.predict(scale_cost(family, archs[i].scale, num_classes))
+        return p.latency_at(percentile), p.memory_mb
+
+    memory_limit = tgt.memory_mb
+    result = search(archs, lambda a: predict_arch(archs.index(a)), budget, margin, memory_limit, num_classes)
+    log(f"search: {result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
+        f"φ={result.chosen.phi:g} ({result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
+                                else None))
+    try:
+        record = _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, tmp,
+                         weights, dynamic_batch, num_classes, log)
+        record["search"]["seconds_total"] = round(time.perf_counter() - started, 2)
+        _write_json(tmp / "fit.json", record)
+        from .report import write_report
+
+        write_report(record, tmp)
+        _publish(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record["run_dir"] = str(run_dir)
+    if record["verified"]["latency"] is False or record["verified"]["memory"] is False:
+        raise VerificationFailed(f"measured cost is over budget; see {run_dir / 'report.md'}.")
+    return record
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,
+            weights, dynamic_batch, num_classes, log) -> dict:
+    from .export import export_onnx, parity
+    from .measure import peak_memory_onnx, time_onnx
+    from .models import build, initialize
+
+    def materialise(i: int, path: Path):
+        model = initialize(build(family, archs[i].scale, num_classes), seed=0)
+        if weights is not None:
+            _load_weights(model, weights)
+        export_onnx(model, path, dynamic_batch=dynamic_batch)
+        return model
+
+    def measure(i: int) -> Measurement:
+        path = run / f"candidate-{i}.onnx"
+        materialise(i, path)
+        t = time_onnx(path, threads=threads, **TIMING)
+        mem = peak_memory_onnx(path, threads=threads).peak_mb
+        pred = predict_arch(i)[0]
+        stat = {50: t.p50_ms, 90: t.p90_ms, 99: t.p99_ms}[budget.percentile]
+        return Measurement(i, archs[i].phi, archs[i].scale.resolution, round(pred, 4), round(t.p50_ms, 4),
+                           round(t.p90_ms, 4), round(t.p99_ms, 4), round(mem, 2), t.n, threads,
+                           measured_fits(stat, mem, budget), round(100 * (t.p50_ms / pred - 1), 2), str(path))
+
+    measurements: list[Measurement] = []
+    chosen = result.chosen.index
+    if tgt.measurable:
+        chosen, measurements = closed_loop(len(archs), chosen, predict_arch, measure, budget, log)
+        os.replace(run / f"candidate-{chosen}.onnx", run / "model.onnx")
+        remove_unchosen(measurements, chosen)
+    model = initialize(build(family, archs[chosen].scale, num_classes), seed=0)
+    if weights is not None:
+        _load_weights(model, weights)
+    if not tgt.measurable:
+        export_onnx(model, run / "model.onnx", dynamic_batch=dynamic_batch)
+    par = parity(model, run / "model.onnx", n=8, precision=precision)
+    if not par:
+        raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")
+    return _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
+                   measurements, par, weights)
+
+
+def _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
+            measurements, par, weights) -> dict:
+    from .targets import host_machine
+
+    scale = archs[chosen].scale
+    cost = scale_cost(family, scale)
+    pred = predictor.predict(cost)
+    final = next((m for m in measurements if m.index == chosen), None)
+    frontier = {c.index: c.to_dict() for c in result.frontier}
+    for m in measurements:
+        frontier.setdefault(m.index, {"index": m.index, "phi": m.phi, "latency_ms": m.predicted_ms,
+                                      "resolution": m.resolution})
+    measured = None if final is None else {
+        "latency_ms": final.latency_ms, "latency_ms_p90": final.latency_ms_p90, "latency_ms_p99": final.latency_ms_p99,
+        "memory_mb": final.memory_mb, "device": f"{tgt.name}: {host_machine()['cpu_model']}", "threads": threads,
+        "method": f"ONNX Runtime {TIMING['warmup']} warm-up + ≥{TIMING['min_repeats']} runs / ≥{TIMING['min_time_s']}s",
+        "when": datetime.now().astimezone().isoformat(timespec="seconds"), "repeats": final.repeats}
+    nxt = next((m for m in measurements if m.index == chosen + 1), None)
+    reason = (f"measured p{budget.percentile} {nxt.latency_at(budget.percentile):.2f} ms / {nxt.memory_mb} MiB "
+              f"does not fit (φ={nxt.phi:g})" if nxt is not None else result.reason_next_rejected)
+    if chosen + 1 >= len(archs):
+        reason = "no larger architecture in the φ range"
+    return {
+        "target": tgt.name, "family": family, "precision": precision,
+        "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
+        "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
+        "resolution": scale.resolution, "params": cost.params, "macs": cost.macs,
+        "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "percentile": budget.percentile},
+        "predicted": {"latency_ms": pred.latency_ms, "latency_ms_at_percentile": round(pred.latency_at(
+            budget.percentile), 4), "memory_mb": pred.memory_mb, "provenance": pred.provenance,
+            "heldout_error_pct": pred.heldout_error_pct, "profile": pred.profile, "method": pred.method,
+            "note": pred.note},
+        "measured": measured,
+        "verified": {"latency": None if final is None or budget.latency_ms is None else final.fits,
+                     "memory": None if final is None or budget.memory_mb is None else final.fits,
+                     "accuracy": None},
+        "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png"},
+        "frontier": [frontier[k] for k in sorted(frontier)],
+        "measurements": [m.to_dict() | {"onnx": None} for m in measurements],
+        "search": {"architectures": result.architectures, "margin_pct": result.margin_pct,
+                   "predictor_choice_phi": result.chosen.phi, "reason_next_rejected": reason,
+                   "seconds": result.seconds},
+        "parity": par.to_dict(),
+        "weights": str(weights) if weights else "deterministic initialisation (seed 0): the accuracy check covers "
+                                                 "export fidelity only",
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+    }

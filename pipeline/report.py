@@ -1,0 +1,87 @@
+"""The run report: Markdown with a latency-vs-φ plot, written next to fit.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_frontier(fit: dict, path: Path) -> Path:
+    """Predicted (and measured) latency against φ, the budget line and the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    front = fit["frontier"]
+    ax.plot([f["phi"] for f in front], [f["latency_ms"] for f in front], "o-", ms=3, label="predicted p50")
+    meas = fit.get("measurements") or []
+    if meas:
+        ax.plot([m["phi"] for m in meas], [m["latency_ms"] for m in meas], "s", color="C3", label="measured p50")
+    if fit["budget"]["latency_ms"]:
+        ax.axhline(fit["budget"]["latency_ms"], color="k", ls="--", lw=1, label="budget")
+    lat = (fit["measured"] or fit["predicted"])["latency_ms"]
+    ax.plot([fit["phi"]], [lat], "*", ms=14, color="C2", label=f"chosen φ={fit['phi']:g}")
+    ax.set_xlabel("φ (compound)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(f"{fit['family']} on {fit['target']} ({fit['precision']})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _provenance_line(fit: dict) -> str:
+    p = fit["predicted"]
+    err = "unknown" if p["heldout_error_pct"] is None else f"{p['heldout_error_pct']:g}% (p90, leave-one-out)"
+    if fit["measured"] is None:
+        return (f"**Latency was predicted, not measured**: from a {p['provenance']} profile "
+                f"(`{p['profile']}`), held-out error {err}. Nothing here was timed on {fit['target']}.")
+    m = fit["measured"]
+    return (f"Latency was **measured** on {m['device']} ({m['threads']} threads): p50 {m['latency_ms']:.2f} ms, "
+            f"p90 {m['latency_ms_p90']:.2f} ms. The {p['provenance']} profile predicted {p['latency_ms']:.2f} ms "
+            f"(held-out error {err}).")
+
+
+def write_report(fit: dict, run_dir: Path) -> Path:
+    """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence."""
+    png = plot_frontier(fit, run_dir / "latency_vs_phi.png")
+    b = fit["budget"]
+    budget = ", ".join(x for x in (b["latency_ms"] and f"{b['latency_ms']:g} ms p{b['percentile']}",
+                                   b["memory_mb"] and f"{b['memory_mb']:.1f} MiB") if x)
+    lines = [
+        f"# edgefit: {fit['family']} for {fit['target']} ({fit['precision']})", "",
+        _provenance_line(fit), "",
+        f"Budget: {budget}. Chosen: **φ={fit['phi']:g}** (depth ×{fit['depth_multiplier']:.3f}, width "
+        f"×{fit['width_multiplier']:.3f}, resolution {fit['resolution']}), {fit['params']:,} parameters, "
+        f"{fit['macs'] / 1e6:.1f} M MACs.", "",
+        f"Next larger architecture rejected because: {fit['search']['reason_next_rejected']}.", "",
+        f"Verified: latency {fit['verified']['latency']}, memory {fit['verified']['memory']}, "
+        f"accuracy {fit['verified']['accuracy']}.", "",
+        f"![latency vs φ]({png.name})", "",
+    ]
+    if fit.get("measurements"):
+        lines += ["## Measurements on the device", "",
+                  "| φ | resolution | predicted ms | measured p50 | p90 | memory MiB | error | fits |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['phi']:g} | {m['resolution']} | {m['predicted_ms']:.2f} | {m['latency_ms']:.2f} | "
+                  f"{m['latency_ms_p90']:.2f} | {m['memory_mb']} | {m['error_pct']:+.1f}% | {m['fits']} |"
+                  for m in fit["measurements"]]
+        lines.append("")
+    par = fit.get("parity") or {}
+    if par:
+        lines += ["## Export fidelity (ONNX Runtime vs PyTorch)", "",
+                  f"{par['n']} {par['source_of_inputs']} inputs: max abs error {par['max_abs_err']:.2e}, "
+                  f"min cosine {par['cosine_min']:.6f}, top-1 agreement {par['top1_agreement']:.3f}; "
+                  f"tolerances {par['tolerances']} ({'pass' if par['passed'] else 'FAIL'}).", "",
+                  f"Weights: {fit['weights']}.", ""]
+    lines += ["## Frontier (distinct architectures evaluated)", "",
+              "| φ | φ up to | resolution | params | MACs (M) | predicted ms | memory MiB | fits |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {f['phi']:g} | {f['phi_max']:g} | {f['resolution']} | {f['params']:,} | {f['macs'] / 1e6:.1f} | "
+              f"{f['latency_ms']:.2f} | {f['memory_mb']:.1f} | {f['fits']} |" for f in fit["frontier"]]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
