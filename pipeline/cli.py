@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__
 from .errors import DeployError
 from .fmt import mib, si, table
+from .units import Duration, Size
 
 
 class _Group(click.Group):
@@ -92,6 +94,156 @@ def describe(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, b
 
     data = run(family, phi, phi_depth, phi_width, phi_resolution, preset, num_classes, scaling_from(alpha, beta, gamma))
     emit(data, as_json, _describe_text)
+
+
+def _targets_text(rows: list[dict]) -> str:
+    table_rows = [{
+        **t,
+        "precisions": ", ".join(t["precisions"]),
+        "memory": f"{t['memory_mb']} MB",
+        "profile": ", ".join(f"{p}: {v['status']}" for p, v in t["profiles"].items()),
+    } for t in rows]
+    cols = [("name", "name"), ("kind", "kind"), ("runtime", "runtime"), ("precisions", "precisions"),
+            ("memory", "memory"), ("threads", "threads"), ("profile", "profile")]
+    legend = ("\nmeasured: timed on the device · published: copied from cited sources, not timed here · "
+              "roofline: datasheet estimate, nothing timed · none: no profile yet")
+    return table(table_rows, cols) + "\n" + legend
+
+
+@cli.command()
+@click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Extra folder of <name>.toml targets; its files override built-ins of the same name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def targets(targets_dir, as_json):
+    """List deployment targets and the status of their latency profiles."""
+    from .targets import describe_targets
+
+    emit(describe_targets(targets_dir), as_json, _targets_text)
+
+
+def _progress_bar(label: str):
+    """A tqdm bar on stderr driven by ``progress(i, n, what)`` callbacks from the library."""
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def update(i: int, n: int, what: str) -> None:
+        bar = state.get("bar") or state.setdefault("bar", tqdm(total=n, desc=label, unit="model", file=sys.stderr))
+        bar.n = i
+        bar.set_postfix_str(what)
+        bar.refresh()
+        if i >= n:
+            bar.close()
+
+    return update
+
+
+@cli.command()
+@click.option("--target", "target_name", required=True, help="Target to calibrate (run this on that device).")
+@click.option("--precision", default=None, help="Precision to calibrate (default: the target's default).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads (default: the target's).")
+@click.option("--quick", is_flag=True, help="Small suite, about a minute instead of up to ten.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the profile here.")
+@click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile summary as JSON.")
+def calibrate(target_name, precision, threads, quick, out, targets_dir, as_json):
+    """Measure a calibration suite on this machine and write a measured profile."""
+    from .calibrate import calibrate as run
+    from .predict import Predictor
+    from .targets import load_target
+
+    profile = run(load_target(target_name, targets_dir), precision, threads, quick, out, _progress_bar("calibrate"))
+    fitted = Predictor.fit(profile)
+    summary = {"profile": str(profile.path), "target": profile.target, "records": len(profile.records),
+               "threads": profile.device.get("threads"), "seconds": profile.method.get("seconds"),
+               "heldout_error_pct": fitted.heldout_error_pct,
+               "memory_heldout_error_pct": fitted.memory_heldout_error_pct, "method": fitted.method}
+    emit(summary, as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+
+
+def _predict_text(d: dict) -> str:
+    err = "unknown" if d["heldout_error_pct"] is None else f"±{d['heldout_error_pct']:g}% (p90, held-out)"
+    lines = [
+        f"{d['target']} ({d['precision']}): {d['latency_ms']:.2f} ms p50, {d['memory_mb']:.1f} MB peak",
+        f"  provenance {d['provenance']}, error {err}, profile {d['profile']}",
+        f"  model: resolution {d['resolution']}, params {si(d['params'])}, MACs {si(d['macs'])}",
+    ]
+    if d.get("note"):
+        lines.append(f"  note: {d['note']}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.option("--target", "target_name", required=True)
+@click.option("--family", default="efficientnet", show_default=True)
+@scale_options
+@click.option("--onnx", type=click.Path(exists=True, dir_okay=False), default=None, help="Predict for an ONNX file.")
+@click.option("--precision", default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON only.")
+def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, onnx,
+            precision, threads, num_classes, profile_path, targets_dir, as_json):
+    """Predict p50 latency and peak memory of a model on a target, with provenance and error."""
+    from .predict import predict as run
+
+    if any(v is not None for v in (alpha, beta, gamma)):
+        raise click.UsageError("predict uses the default α, β, γ; custom constants are for describe/fit.")
+    data = run(target_name, family, phi, phi_depth, phi_width, phi_resolution, preset, onnx, precision, threads,
+               num_classes, targets_dir, profile_path)
+    emit(data, as_json, _predict_text)
+
+
+def _fit_text(d: dict) -> str:
+    m, p = d["measured"], d["predicted"]
+    lat = (f"measured p50 {m['latency_ms']:.2f} ms (p90 {m['latency_ms_p90']:.2f}) on {m['device']}" if m else
+           f"PREDICTED {p['latency_ms']:.2f} ms from a {p['provenance']} profile (not measured)")
+    err = "unknown" if p["heldout_error_pct"] is None else f"{p['heldout_error_pct']:g}%"
+    rows = [{**f, "fits": "yes" if f.get("fits") else "no", "chosen": "<-" if f["phi"] == d["phi"] else ""}
+            for f in d["frontier"]]
+    cols = [("phi", "φ"), ("resolution", "res"), ("latency_ms", "pred ms"), ("memory_mb", "MiB"), ("fits", "fits"),
+            ("chosen", "")]
+    return "\n".join([
+        f"{d['family']} φ={d['phi']:g} (resolution {d['resolution']}, {si(d['params'])} params, {si(d['macs'])} MACs)"
+        f" for {d['target']} ({d['precision']})",
+        f"  {lat}; predictor held-out error {err}",
+        f"  verified: latency {d['verified']['latency']}, memory {d['verified']['memory']}",
+        f"  next larger rejected: {d['search']['reason_next_rejected']}",
+        f"  run directory: {d['run_dir']}", "", table(rows, cols)])
+
+
+@cli.command()
+@click.option("--target", "target_name", required=True, help="Target device (see `deploy targets`).")
+@click.option("--latency", type=Duration(), default=None, help="Latency budget, e.g. 20ms, 500us, 0.1s.")
+@click.option("--memory", type=Size(), default=None, help="Peak memory budget, e.g. 256MB, 1GiB.")
+@click.option("--family", default="efficientnet", show_default=True,
+              type=click.Choice(["efficientnet", "mobilenetv2", "resnet18", "resnet50"]))
+@click.option("--precision", default=None, help="fp32 | fp16 | int8 (default: the target's first).")
+@click.option("--percentile", type=click.Choice(["50", "90", "99"]), default="50", show_default=True,
+              help="Latency statistic the budget applies to.")
+@click.option("--phi-min", type=float, default=None, help="Smallest φ to consider (default -4).")
+@click.option("--phi-max", type=float, default=None, help="Largest φ to consider (default 4).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<target>-<timestamp>).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out once the new run succeeds.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="State dict for the chosen architecture.")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
+@click.option("--agent", default=None, help="Measurement agent URL of a remote device.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads (default: the target's).")
+@click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print fit.json to stdout (progress goes to stderr).")
+def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
+        dynamic_batch, agent, threads, targets_dir, as_json):
+    """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
+    from .flow import fit as run
+
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    data = run(target_name, latency, memory, family, precision, int(percentile), phi_min, phi_max, out, force,
+               threads, weights, dynamic_batch, agent, targets_dir, log=log, progress=_progress_bar("calibrate"))
+    emit(data, as_json, _fit_text)
 
 
 def main() -> None:

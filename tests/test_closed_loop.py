@@ -1,0 +1,41 @@
+import pytest
+
+from pipeline.closed_loop import MAX_MEASUREMENTS, NOISE_MARGIN, Measurement, closed_loop, measured_fits
+from pipeline.errors import BudgetInfeasible
+from pipeline.search import Budget
+
+TRUE_MS = [2.0 + 0.5 * i for i in range(40)]  # the device: 2.0, 2.5, ... ms
+
+
+def make(bias: float, budget_ms: float = 10.0):
+    """A predictor that is off by ``bias`` (0.8 = 20% optimistic) and a device that tells the truth."""
+    calls = []
+
+    def predicted(i):
+        return TRUE_MS[i] * bias, 10.0
+
+    def measure(i):
+        calls.append(i)
+        t = TRUE_MS[i]
+        return Measurement(i, i / 10, 100, predicted(i)[0], t, t * 1.1, t * 1.2, 10.0, 30, 1,
+                           measured_fits(t, 10.0, budget), 0.0, "")
+
+    budget = Budget(latency_ms=budget_ms)
+    return predicted, measure, budget, calls
+
+
+@pytest.mark.parametrize("bias, start", [(1.0, 15), (0.8, 19), (1.3, 11), (1.0, 3), (1.0, 30)])
+def test_loop_ends_on_a_measured_bracket(bias, start):
+    predicted, measure, budget, calls = make(bias)
+    chosen, ms = closed_loop(len(TRUE_MS), start, predicted, measure, budget)
+    limit = 10.0 * (1 - NOISE_MARGIN)
+    assert TRUE_MS[chosen] <= limit < TRUE_MS[chosen + 1]
+    assert chosen + 1 in calls  # the next larger one was measured and failed
+    assert len(calls) <= MAX_MEASUREMENTS and len(calls) == len(set(calls))
+
+
+def test_nothing_fits_on_the_device():
+    predicted, measure, budget, calls = make(1.0, budget_ms=1.0)
+    with pytest.raises(BudgetInfeasible, match="nothing measured fits"):
+        closed_loop(len(TRUE_MS), 5, predicted, measure, budget)
+    assert len(calls) <= 2  # the smallest is tried at once, no walk down

@@ -1,0 +1,120 @@
+"""End-to-end fit on host with tiny models: real export, real ONNX Runtime timing."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.calibrate import SuiteEntry, calibrate
+from pipeline.cli import cli
+from pipeline.measure import time_onnx
+from pipeline.targets import host_profile_path, load_target
+
+TINY_SUITE = tuple(SuiteEntry(f, p) for f in ("efficientnet", "resnet18") for p in (-4.0, -3.5, -3.0)) + (
+    SuiteEntry("efficientnet", dims=(-4, -4, -2)), SuiteEntry("resnet18", dims=(-4, -3, -4)),
+    SuiteEntry("efficientnet", dims=(-3, -4, -3)),
+)
+TINY_TIMING = {"warmup": 2, "min_repeats": 8, "min_time_s": 0.1}
+RANGE = ["--phi-min", "-4", "--phi-max", "-3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile") / "host.json"
+    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=TINY_SUITE, timing=TINY_TIMING)
+    return out
+
+
+@pytest.fixture
+def host_profile(tiny_profile):
+    dest = host_profile_path("fp32", 1)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_profile, dest)
+    return dest
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_fit_on_host_end_to_end(host_profile, tmp_path):
+    out = tmp_path / "run"
+    # pick a budget between the smallest and the largest model of the range, from a real measurement
+    r = run("fit", "--target", "host", "--latency", "1000ms", "--threads", "1", "--out", str(out), *RANGE, "--json")
+    assert r.exit_code == 0, r.output
+    biggest = json.loads(r.stdout)
+    assert biggest["phi"] >= -3.1  # a huge budget takes the top of the range
+    smallest_ms = min(m["latency_ms"] for m in biggest["measurements"]) if biggest["measurements"] else 1.0
+    budget = max(smallest_ms, biggest["measured"]["latency_ms"]) * 0.75
+    out2 = tmp_path / "run2"
+    r = run("fit", "--target", "host", "--latency", f"{budget:.3f}ms", "--threads", "1", "--out", str(out2), *RANGE,
+            "--json")
+    if r.exit_code == 3:  # the budget fell under the smallest model on this machine: still a clear outcome
+        assert "smallest" in r.output
+        return
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    for key in ("target", "family", "precision", "phi", "depth_multiplier", "width_multiplier", "resolution",
+                "params", "macs", "budget", "predicted", "measured", "verified", "artifacts", "frontier"):
+        assert key in d
+    assert d["measured"] is not None and d["verified"]["latency"] is True
+    assert d["measured"]["latency_ms"] <= budget
+    assert d["predicted"]["provenance"] == "measured"
+    assert (out2 / "model.onnx").is_file() and (out2 / "report.md").is_file() and (out2 / "fit.json").is_file()
+    assert (out2 / "latency_vs_phi.png").stat().st_size > 1000
+    assert json.loads((out2 / "fit.json").read_text())["phi"] == d["phi"]
+    assert "measured" in (out2 / "report.md").read_text().splitlines()[2]
+    # the shipped file runs within budget when timed independently (generous: noise on a shared CI box)
+    t = time_onnx(out2 / "model.onnx", threads=1, warmup=3, min_repeats=20, min_time_s=0.3)
+    assert t.p50_ms <= budget * 1.25
+    assert not list(out2.glob("candidate-*.onnx"))
+
+
+def test_budget_below_smallest_exits_3(host_profile, tmp_path):
+    r = run("fit", "--target", "host", "--latency", "1us", "--threads", "1", "--out", str(tmp_path / "x"), *RANGE)
+    assert r.exit_code == 3
+    assert "smallest" in r.output and "φ=-4" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_refuses_to_overwrite_without_force(host_profile, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier run")
+    r = run("fit", "--target", "host", "--latency", "100ms", "--threads", "1", "--out", str(out), *RANGE)
+    assert r.exit_code == 1 and "--force" in r.output
+    assert (out / "keep.txt").read_text() == "earlier run"
+    r = run("fit", "--target", "host", "--latency", "1us", "--threads", "1", "--out", str(out), "--force", *RANGE)
+    assert r.exit_code == 3 and (out / "keep.txt").exists()  # a failed run leaves the earlier one intact
+
+
+@pytest.mark.parametrize("args, code, text", [
+    ([], 2, "at least one budget"),
+    (["--latency", "10ms", "--precision", "fp16"], 2, "supports precision fp32, int8"),
+    (["--latency", "10ms", "--family", "vgg"], 2, "Invalid value for '--family'"),
+])
+def test_fit_usage_errors(args, code, text):
+    r = run("fit", "--target", "host", *args)
+    assert r.exit_code == code, r.output
+    assert text in r.output
+
+
+def test_unknown_target_suggests(tmp_path):
+    r = run("fit", "--target", "jetson-nan", "--latency", "10ms")
+    assert r.exit_code == 1 and "jetson-nano" in r.output and "Known:" in r.output
+
+
+def test_predicted_only_target_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        r = run("fit", "--target", "jetson-nano", "--latency", "3ms", "--out", str(out), "--phi-min", "-4",
+                "--phi-max", "-2", "--json")
+        assert r.exit_code == 0, r.output
+    da, db = json.loads((a / "fit.json").read_text()), json.loads((b / "fit.json").read_text())
+    assert da["phi"] == db["phi"]
+    assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
+    assert da["measured"] is None and da["verified"]["latency"] is None
+    assert da["predicted"]["provenance"] == "published"
+    first = (a / "report.md").read_text().splitlines()[2]
+    assert "predicted, not measured" in first and "held-out error" in first
