@@ -115,8 +115,8 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         p = predictor.predict(scale_cost(family, archs[i].scale, num_classes))
         return p.latency_at(percentile), p.memory_mb
 
-    memory_limit = tgt.memory_mb
-    result = search(archs, lambda a: predict_arch(archs.index(a)), budget, margin, memory_limit, num_classes)
+    index = {id(a): i for i, a in enumerate(archs)}
+    result = search(archs, lambda a: predict_arch(index[id(a)]), budget, margin, tgt.memory_mb, num_classes)
     log(f"search: {result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
         f"φ={result.chosen.phi:g} ({result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
@@ -196,8 +196,8 @@ def _record(tgt, family, precision, threads, archs, result, predictor, predict_a
     final = next((m for m in measurements if m.index == chosen), None)
     frontier = {c.index: c.to_dict() for c in result.frontier}
     for m in measurements:
-        frontier.setdefault(m.index, {"index": m.index, "phi": m.phi, "latency_ms": m.predicted_ms,
-                                      "resolution": m.resolution})
+        frontier[m.index] = {**result.evaluate(m.index).to_dict(), "measured_ms": m.latency_ms,
+                             "measured_fits": m.fits}
     measured = None if final is None else {
         "latency_ms": final.latency_ms, "latency_ms_p90": final.latency_ms_p90, "latency_ms_p99": final.latency_ms_p99,
         "memory_mb": final.memory_mb, "device": f"{tgt.name}: {host_machine()['cpu_model']}", "threads": threads,

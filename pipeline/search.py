@@ -77,6 +77,7 @@ class SearchResult:
     architectures: int
     seconds: float
     archs: tuple[Architecture, ...] = field(repr=False, default=())
+    evaluate: Callable[[int], Candidate] | None = field(repr=False, default=None, compare=False)
 
     @property
     def reason_next_rejected(self) -> str | None:
@@ -159,7 +160,7 @@ def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_p
         evaluate(j)
     nxt = cache.get(best + 1)
     return SearchResult(cache[best], tuple(cache[k] for k in sorted(cache)), nxt, margin_pct, len(archs),
-                        round(time.perf_counter() - started, 4), tuple(archs))
+                        round(time.perf_counter() - started, 4), tuple(archs), evaluate)
 
 
 def _rejection(lat: float, mem: float, budget: Budget, margin_pct: float, limit: float | None) -> str | None:
@@ -169,7 +170,8 @@ def _rejection(lat: float, mem: float, budget: Budget, margin_pct: float, limit:
         return (f"predicted p{budget.percentile} {lat:.2f} ms + {margin_pct:.1f}% margin = {lat * k:.2f} ms "
                 f"> {budget.latency_ms:g} ms budget")
     if budget.memory_mb is not None and mem * k > budget.memory_mb:
-        return f"predicted {mem:.1f} MiB + {margin_pct:.1f}% margin = {mem * k:.1f} MiB > {budget.memory_mb:g} MiB budget"
+        return (f"predicted {mem:.1f} MiB + {margin_pct:.1f}% margin = {mem * k:.1f} MiB "
+                f"> {budget.memory_mb:g} MiB budget")
     if limit is not None and mem > limit:
         return f"predicted {mem:.1f} MiB > the target's {limit:g} MiB"
     return None

@@ -1,0 +1,125 @@
+"""How good is `deploy fit` on host? Budget utilisation, violations, device measurements and wall
+time per fit, compared with exhaustively measuring every architecture on the frontier.
+
+Run: ``python bench/fit_quality.py [--budgets 5,8,10,15,20,30,45,60] [--family efficientnet]
+[--no-exhaustive]``. Needs the host profile (calibrates with the quick suite if missing).
+Results: bench/results/fit_quality.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, save_results  # noqa: E402
+
+from pipeline.export import export_onnx  # noqa: E402
+from pipeline.flow import TIMING, fit  # noqa: E402
+from pipeline.measure import time_onnx  # noqa: E402
+from pipeline.models import build, initialize  # noqa: E402
+from pipeline.search import enumerate_architectures  # noqa: E402
+from pipeline.targets import load_target  # noqa: E402
+
+
+def exhaustive(family: str, lo: float, hi: float, threads: int, tmp: Path) -> list[dict]:
+    """Measure every distinct architecture in [lo, hi] with the same harness as fit."""
+    rows = []
+    archs = enumerate_architectures(family, lo, hi)
+    for i, a in enumerate(archs):
+        path = tmp / "exhaustive.onnx"
+        export_onnx(initialize(build(family, a.scale, 1000), seed=0), path)
+        t = time_onnx(path, threads=threads, **TIMING)
+        rows.append({"index": i, "phi": a.phi, "resolution": a.scale.resolution, "p50_ms": round(t.p50_ms, 3)})
+        print(f"  exhaustive {i + 1}/{len(archs)} φ={a.phi:g}: {t.p50_ms:.2f} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--budgets", default="5,8,10,15,20,30,45,60")
+    ap.add_argument("--family", default="efficientnet")
+    ap.add_argument("--no-exhaustive", action="store_true")
+    args = ap.parse_args()
+    budgets = [float(b) for b in args.budgets.split(",")]
+    threads = load_target("host").threads
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for b in budgets:
+            t0 = time.perf_counter()
+            try:
+                d = fit("host", latency=b, family=args.family, out=Path(tmp) / f"fit-{b}", threads=threads,
+                        log=lambda m: print("  " + m, file=sys.stderr))
+            except Exception as exc:  # noqa: BLE001 - a bench reports every outcome
+                rows.append({"budget_ms": b, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            wall = time.perf_counter() - t0
+            retime = time_onnx(Path(d["run_dir"]) / "model.onnx", threads=threads, **TIMING).p50_ms
+            rows.append({"budget_ms": b, "phi": d["phi"],
+                         "measured_ms": d["measured"]["latency_ms"], "retimed_ms": round(retime, 3),
+                         "utilisation": round(retime / b, 3), "violation": retime > b,
+                         "measurements": len(d["measurements"]), "wall_s": round(wall, 1),
+                         "predictor_phi": d["search"]["predictor_choice_phi"]})
+            print(f"budget {b:g} ms: φ={d['phi']:g} re-timed {retime:.2f} ms ({retime / b:.0%}), "
+                  f"{len(d['measurements'])} measurements, {wall:.1f} s", flush=True)
+        ex = []
+        if not args.no_exhaustive:
+            ok = [r for r in rows if "phi" in r]
+            lo = min(r["phi"] for r in ok) - 0.6 if ok else -4.0
+            hi = max(r["phi"] for r in ok) + 0.6 if ok else 2.0
+            ex = exhaustive(args.family, max(-4.0, lo), min(4.0, hi), threads, Path(tmp))
+            for r in ok:
+                fitting = [e for e in ex if e["p50_ms"] <= r["budget_ms"]]
+                best = max(fitting, key=lambda e: e["index"]) if fitting else None
+                r["exhaustive_phi"] = best and best["phi"]
+                r["same_as_exhaustive"] = best is not None and abs(best["phi"] - r["phi"]) < 1e-9
+    ok = [r for r in rows if "phi" in r]
+    summary = {
+        "threads": threads, "family": args.family, "fits": len(ok), "errors": len(rows) - len(ok),
+        "violations": sum(r["violation"] for r in ok),
+        "median_utilisation": sorted(r["utilisation"] for r in ok)[len(ok) // 2] if ok else None,
+        "mean_measurements": round(sum(r["measurements"] for r in ok) / max(1, len(ok)), 2),
+        "mean_wall_s": round(sum(r["wall_s"] for r in ok) / max(1, len(ok)), 1),
+        "same_as_exhaustive": None if not ex else f"{sum(r.get('same_as_exhaustive', False) for r in ok)}/{len(ok)}",
+    }
+    md = ["# fit quality on host", "", f"family {args.family}, {threads} threads. " + ", ".join(
+        f"{k}: {v}" for k, v in summary.items()), "",
+        "| budget ms | φ | re-timed ms | utilisation | violation | measurements | wall s | exhaustive φ | same |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    md += [f"| {r['budget_ms']:g} | {r.get('phi')} | {r.get('retimed_ms')} | {r.get('utilisation')} | "
+           f"{r.get('violation')} | {r.get('measurements')} | {r.get('wall_s')} | {r.get('exhaustive_phi')} | "
+           f"{r.get('same_as_exhaustive')} |" if "phi" in r else f"| {r['budget_ms']:g} | error: {r['error']} |"
+           for r in rows]
+    if ex:
+        _plot(ex, ok, RESULTS / "fit_quality.png")
+        md += ["", "![measured latency of every architecture](fit_quality.png)"]
+    save_results("fit_quality", {"summary": summary, "rows": rows, "exhaustive": ex}, "\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+def _plot(ex: list[dict], ok: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([e["phi"] for e in ex], [e["p50_ms"] for e in ex], ".-", label="measured p50, every architecture")
+    for r in ok:
+        ax.axhline(r["budget_ms"], color="0.8", lw=0.8)
+        ax.plot([r["phi"]], [r["retimed_ms"]], "*", color="C3", ms=10)
+    ax.set_xlabel("φ")
+    ax.set_ylabel("ms")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

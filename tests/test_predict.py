@@ -1,0 +1,120 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.calibrate import FULL_SUITE, SuiteEntry, calibrate
+from pipeline.cli import cli
+from pipeline.cost import scale_cost
+from pipeline.errors import ProfileMismatch, ProfileMissing
+from pipeline.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
+from pipeline.predict import Predictor, check_host_profile, load_predictor
+from pipeline.profile import Profile, save_profile
+from pipeline.targets import host_machine, host_profile_path, load_target
+
+TRUE_LATENCY = {"conv_gmacs": 40.0, "pwconv_gmacs": 25.0, "dwconv_gmacs": 90.0, "eltwise_mb": 0.05, "ops": 0.01,
+                "const": 0.3}
+TRUE_MEMORY = {"weights_mb": 1.1, "activations_mb": 1.5, "const": 12.0}
+
+
+def synthetic_profile(entries=FULL_SUITE, machine=None) -> Profile:
+    """A profile whose latencies follow known per-feature coefficients exactly."""
+    records = []
+    for e in entries:
+        s = e.scale()
+        cost = scale_cost(e.family, s)
+        f, m = latency_features(cost), memory_features(cost)
+        lat = sum(TRUE_LATENCY.get(k, 0.0) * f[k] for k in LATENCY_FEATURES)
+        mem = sum(TRUE_MEMORY[k] * m[k] for k in MEMORY_FEATURES)
+        records.append({"kind": "model", "family": e.family, "phi": s.phi, "phi_depth": s.phi_depth,
+                        "phi_width": s.phi_width, "phi_resolution": s.phi_resolution, "resolution": s.resolution,
+                        "latency_ms": {"p50": lat, "p90": lat * 1.1}, "peak_memory_mb": mem})
+    return Profile(target="host", runtime={"name": "onnxruntime", "version": "test"}, precision="fp32",
+                   provenance="measured", device={**(machine or host_machine()), "threads": 1},
+                   created="2026-01-01T00:00:00+00:00", method={"synthetic": True}, records=tuple(records))
+
+
+def test_fit_recovers_known_coefficients():
+    pred = Predictor.fit(synthetic_profile())
+    assert pred.method.startswith("per-op-kind linear")
+    assert pred.heldout_error_pct is not None and pred.heldout_error_pct < 1.0
+    assert pred.memory_heldout_error_pct < 1.0
+    for entry in (SuiteEntry("resnet50", 1.3), SuiteEntry("efficientnet", dims=(2, -1, 0))):  # not in the suite
+        cost = scale_cost(entry.family, entry.scale())
+        truth = sum(TRUE_LATENCY.get(k, 0.0) * latency_features(cost)[k] for k in LATENCY_FEATURES)
+        p = pred.predict(cost)
+        assert p.latency_ms == pytest.approx(truth, rel=0.02)
+        assert p.latency_ms_p90 == pytest.approx(truth * 1.1, rel=0.02)
+        assert p.provenance == "measured" and p.heldout_error_pct == pred.heldout_error_pct
+
+
+def test_heldout_error_reports_misfit():
+    noisy = synthetic_profile()
+    recs = [dict(r, latency_ms={"p50": r["latency_ms"]["p50"] * (1.3 if i % 2 else 0.7)})
+            for i, r in enumerate(noisy.records)]
+    pred = Predictor.fit(Profile.from_dict({**noisy.to_dict(), "records": recs}))
+    assert pred.heldout_error_pct > 20
+
+
+def test_cpu_mismatch_is_refused(tmp_path):
+    other = {"cpu_model": "Imaginary CPU 9000", "cores": 64, "machine": "x86_64"}
+    profile = synthetic_profile(FULL_SUITE[:10], machine=other)
+    with pytest.raises(ProfileMismatch, match="recalibrate"):
+        check_host_profile(profile, host_machine())
+    path = host_profile_path("fp32", 1)
+    save_profile(profile, path)
+    with pytest.raises(ProfileMismatch, match="Imaginary CPU 9000"):
+        load_predictor(load_target("host"), "fp32", threads=1)
+
+
+def test_missing_profile_says_how_to_make_one():
+    with pytest.raises(ProfileMissing, match="deploy calibrate --target host"):
+        load_predictor(load_target("host"), "fp32", threads=3)
+
+
+def test_predict_cli_keys_and_provenance(tmp_path):
+    save_profile(synthetic_profile(), host_profile_path("fp32", 1))
+    r = CliRunner().invoke(cli, ["predict", "--target", "host", "--threads", "1", "--phi", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    for key in ("latency_ms", "memory_mb", "provenance", "heldout_error_pct", "profile", "params", "macs",
+                "resolution", "family"):
+        assert key in d
+    assert d["provenance"] == "measured"
+    r = CliRunner().invoke(cli, ["predict", "--target", "jetson-nano", "--family", "resnet50", "--phi", "0"])
+    assert r.exit_code == 0 and "published" in r.output and "not measured" in r.output
+
+
+def test_predict_from_onnx_matches_the_built_model(tmp_path):
+    from pipeline.export import export_onnx
+    from pipeline.models import build, initialize
+    from pipeline.scaling import CompoundScaling
+
+    save_profile(synthetic_profile(), host_profile_path("fp32", 1))
+    scale = CompoundScaling().compound(-2)
+    export_onnx(initialize(build("mobilenetv2", scale, 1000)), tmp_path / "m.onnx")
+    runner = CliRunner()
+    a = json.loads(runner.invoke(cli, ["predict", "--target", "host", "--threads", "1", "--onnx",
+                                       str(tmp_path / "m.onnx"), "--json"]).output)
+    b = json.loads(runner.invoke(cli, ["predict", "--target", "host", "--threads", "1", "--family", "mobilenetv2",
+                                       "--phi", "-2", "--json"]).output)
+    assert a["macs"] == b["macs"]
+    assert a["latency_ms"] == pytest.approx(b["latency_ms"], rel=0.02)
+
+
+def test_published_profile_predictions_say_so():
+    pred = load_predictor(load_target("rtx-4090"), "fp16")
+    p = pred.predict(scale_cost("resnet50", __import__("pipeline.scaling").scaling.CompoundScaling().compound(0)))
+    assert p.provenance == "roofline" and p.heldout_error_pct is None and "roofline" in p.note
+
+
+def test_quick_calibrate_on_a_tiny_suite(tmp_path):
+    suite = tuple(SuiteEntry("resnet18", p) for p in (-4.0, -3.5)) + (SuiteEntry("efficientnet", -4.0),)
+    out = tmp_path / "p.json"
+    profile = calibrate(load_target("host"), "fp32", threads=1, out=out, suite=suite,
+                        timing={"warmup": 1, "min_repeats": 5, "min_time_s": 0.05})
+    assert out.is_file() and profile.provenance == "measured" and len(profile.records) == 3
+    rec = profile.records[0]
+    assert rec["latency_ms"]["p50"] > 0 and rec["peak_memory_mb"] > 0 and rec["repeats"] >= 5
+    assert profile.device["threads"] == 1 and profile.device["cpu_model"] == host_machine()["cpu_model"]
+    assert profile.runtime["name"] == "onnxruntime" and profile.method["statistic"]
