@@ -10,7 +10,10 @@ same :class:`Op` records from an ONNX graph, so the predictor costs both in one 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import pickle
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 
@@ -151,7 +154,12 @@ class _Tracer(TorchDispatchMode):
         return 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ == "_native_batch_norm_legit_no_training":
+            # torch's meta BatchNorm is a slow Python decomposition; the shape is the input's
+            x = args[0]
+            out = (torch.empty_like(x), x.new_empty((0,)), x.new_empty((0,)))
+        else:
+            out = func(*args, **(kwargs or {}))
         outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
         self.keep.extend(outs)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -338,9 +346,34 @@ def model_cost(model: ScalableNet, resolution: int | None = None) -> Cost:
     return cost_from_ops(trace_ops(model, resolution), resolution, params)
 
 
+_CACHE_VERSION = 1  # bump when Op or the tracer changes
+
+
 @functools.lru_cache(maxsize=256)
 def _topology_cost(family: str, plan: tuple, num_classes: int, scale: Scale) -> Cost:
-    return model_cost(build(family, scale, num_classes, device="meta"))
+    """Trace once per plan; kept in memory and under edgefit_home()/cache so later runs skip tracing."""
+    from .paths import edgefit_home
+
+    key = hashlib.sha256(repr((_CACHE_VERSION, torch.__version__, family, plan, num_classes,
+                               scale.resolution)).encode()).hexdigest()[:20]
+    path = edgefit_home() / "cache" / "cost" / f"{family}-{key}.pkl"
+    try:
+        with open(path, "rb") as fh:
+            cached = pickle.load(fh)
+        if isinstance(cached, Cost):
+            return cached
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        pass  # missing or stale cache entry: trace again
+    cost = model_cost(build(family, scale, num_classes, device="meta"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(cost, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs speed
+    return cost
 
 
 def scale_cost(family: str, scale: Scale, num_classes: int = 1000) -> Cost:
