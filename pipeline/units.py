@@ -49,29 +49,29 @@ def parse_size_mib(text: str) -> float:
     return value * SIZE_UNITS_BYTES[unit] / MIB
 
 
-class Duration(click.ParamType):
+class _UnitType(click.ParamType):
+    """A number with a unit; ``parse`` turns the text into edgefit's unit or raises ValueError."""
+
+    parse = staticmethod(parse_duration_ms)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Duration(_UnitType):
     """A latency with a unit (us, ms, s); converts to milliseconds."""
 
     name = "duration"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration_ms(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    parse = staticmethod(parse_duration_ms)
 
 
-class Size(click.ParamType):
+class Size(_UnitType):
     """A memory size with a unit (KB, MB, GB, KiB, MiB, GiB); converts to MiB."""
 
     name = "size"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_size_mib(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    parse = staticmethod(parse_size_mib)
