@@ -88,3 +88,23 @@ class VerificationFailed(DeployError):
     """A measured latency/memory or accuracy check failed (exit 4)."""
 
     exit_code = EXIT_VERIFICATION
+
+
+class DataNotFound(DeployError):
+    """A dataset that does not exist (path or ``builtin:`` name)."""
+
+
+class DataInvalid(DeployError):
+    """A dataset or preprocessing that cannot be used: corrupt image, empty class, x/y mismatch, one class."""
+
+
+class EngineBuildFailed(DeployError):
+    """TensorRT could not parse the ONNX model or build an engine from it; the message names the nodes."""
+
+
+class EngineMismatch(DeployError):
+    """A serialized engine built for another GPU or TensorRT version; rebuild it on the device."""
+
+
+class TimesInvalid(DeployError):
+    """A timings file (e.g. trtexec --exportTimes) that is missing, truncated or not in the expected format."""
