@@ -146,15 +146,17 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,
             weights, dynamic_batch, num_classes, log) -> dict:
-    from .export import export_onnx, parity
+    from .export import DEFAULT_OPSET, export_onnx, parity
     from .measure import peak_memory_onnx, time_onnx
     from .models import build, initialize
+
+    opset = min(DEFAULT_OPSET, tgt.max_onnx_opset)  # what the target's runtime can parse
 
     def materialise(i: int, path: Path):
         model = initialize(build(family, archs[i].scale, num_classes), seed=0)
         if weights is not None:
             _load_weights(model, weights)
-        export_onnx(model, path, dynamic_batch=dynamic_batch)
+        export_onnx(model, path, dynamic_batch=dynamic_batch, opset=opset)
         return model
 
     def measure(i: int) -> Measurement:
@@ -178,20 +180,20 @@ def _finish(tgt, family, precision, threads, archs, result, predictor, predict_a
     if weights is not None:
         _load_weights(model, weights)
     if not tgt.measurable:
-        export_onnx(model, run / "model.onnx", dynamic_batch=dynamic_batch)
+        export_onnx(model, run / "model.onnx", dynamic_batch=dynamic_batch, opset=opset)
     par = parity(model, run / "model.onnx", n=8, precision=precision)
     if not par:
         raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")
     return _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
-                   measurements, par, weights)
+                   measurements, par, weights, num_classes)
 
 
 def _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
-            measurements, par, weights) -> dict:
+            measurements, par, weights, num_classes) -> dict:
     from .targets import host_machine
 
     scale = archs[chosen].scale
-    cost = scale_cost(family, scale)
+    cost = scale_cost(family, scale, num_classes)
     pred = predictor.predict(cost)
     final = next((m for m in measurements if m.index == chosen), None)
     frontier = {c.index: c.to_dict() for c in result.frontier}
@@ -213,6 +215,7 @@ def _record(tgt, family, precision, threads, archs, result, predictor, predict_a
         "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
         "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
         "resolution": scale.resolution, "params": cost.params, "macs": cost.macs,
+        "scale": scale.to_dict(), "num_classes": num_classes,
         "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "percentile": budget.percentile},
         "predicted": {"latency_ms": pred.latency_ms, "latency_ms_at_percentile": round(pred.latency_at(
             budget.percentile), 4), "memory_mb": pred.memory_mb, "provenance": pred.provenance,
