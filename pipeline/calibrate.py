@@ -62,8 +62,9 @@ FULL_TIMING = {"warmup": 10, "min_repeats": 30, "min_time_s": 1.5}
 QUICK_TIMING = {"warmup": 3, "min_repeats": 10, "min_time_s": 0.4}
 
 
-def measure_entry(entry: SuiteEntry, threads: int, timing: dict, workdir: Path, num_classes: int = 1000) -> dict:
-    """Export one suite model, time it and measure its peak memory: one profile record."""
+def measure_entry(entry: SuiteEntry, threads: int, timing: dict, workdir: Path, num_classes: int = 1000,
+                  precision: str = "fp32") -> dict:
+    """Export one suite model (int8: quantized), time it and measure its peak memory: one profile record."""
     from .cost import model_cost
     from .export import export_onnx
     from .measure import peak_memory_onnx, time_onnx
@@ -72,6 +73,10 @@ def measure_entry(entry: SuiteEntry, threads: int, timing: dict, workdir: Path, 
     model = initialize(build(entry.family, scale, num_classes), seed=0)
     path = workdir / "model.onnx"
     export_onnx(model, path)
+    if precision == "int8":
+        from .fit_steps import quantize_candidate
+
+        quantize_candidate(path, path, "percentile")
     t = time_onnx(path, threads=threads, **timing)
     mem = peak_memory_onnx(path, threads=threads)
     cost = model_cost(model)
@@ -101,9 +106,8 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
     if target.runtime != "onnxruntime":
         raise BackendUnavailable(f"calibrating '{target.name}' needs its {target.runtime} runtime, which edgefit "
                                  "cannot drive yet; use its published profile or calibrate an onnxruntime target.")
-    if precision != "fp32":
-        raise BackendUnavailable(f"calibrating {precision} on {target.name} needs INT8 quantization, "
-                                 "which is not available yet; calibrate fp32.")
+    if precision == "fp16":
+        raise BackendUnavailable(f"ONNX Runtime on CPU has no fast fp16 path; calibrate fp32 or int8 on {target.name}.")
     threads = threads or target.threads or 1
     suite = suite or (QUICK_SUITE if quick else FULL_SUITE)
     timing = timing or (QUICK_TIMING if quick else FULL_TIMING)
@@ -112,7 +116,7 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         for i, entry in enumerate(suite):
             if progress:
                 progress(i, len(suite), entry.label)
-            records.append(measure_entry(entry, threads, timing, Path(tmp)))
+            records.append(measure_entry(entry, threads, timing, Path(tmp), precision=precision))
     if progress:
         progress(len(suite), len(suite), "done")
     profile = Profile(

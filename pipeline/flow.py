@@ -20,6 +20,16 @@ from pathlib import Path
 from .closed_loop import Measurement, closed_loop, measured_fits, remove_unchosen
 from .cost import scale_cost
 from .errors import BackendUnavailable, DeployError, ModelInvalid, ProfileMissing, UsageError, VerificationFailed
+from .fit_steps import (
+    DataOptions,
+    accuracy_verdict,
+    make_int8,
+    num_classes_of,
+    quantize_candidate,
+    raise_if_failed,
+    verify_accuracy_step,
+    weights_for,
+)
 from .search import DEFAULT_PHI_RANGE, Budget, enumerate_architectures, search
 
 PERCENTILES = (50, 90, 99)
@@ -84,8 +94,8 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         precision: str | None = None, percentile: int = 50, phi_min: float | None = None,
         phi_max: float | None = None, out: str | Path | None = None, force: bool = False,
         threads: int | None = None, weights: str | Path | None = None, dynamic_batch: bool = False,
-        agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int = 1000,
-        log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
+        agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int | None = None,
+        data: DataOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
     """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
     from .models import check_family
     from .targets import load_target
@@ -100,8 +110,12 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
     check_family(family)
     tgt = load_target(target, targets_dir)
     precision = tgt.check_precision(precision)
-    if precision == "int8":
-        raise BackendUnavailable("int8 needs quantization, which is not available yet; use fp32 for now.")
+    opts = data or DataOptions()
+    if opts.train_epochs and not opts.data:
+        raise UsageError("--train-epochs needs --data (a labelled set to train on).")
+    if opts.min_accuracy is not None and not (opts.data and opts.train_epochs):
+        raise UsageError("--min-accuracy needs --data and --train-epochs: only a trained model has an accuracy.")
+    num_classes = num_classes or num_classes_of(opts.data)
     threads = threads or tgt.threads
     run_dir = _run_dir(out, tgt.name, force)
     lo, hi = (DEFAULT_PHI_RANGE[0] if phi_min is None else phi_min), (DEFAULT_PHI_RANGE[1] if phi_max is None
@@ -123,7 +137,7 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
                                 else None))
     try:
         record = _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, tmp,
-                         weights, dynamic_batch, num_classes, log)
+                         weights, dynamic_batch, num_classes, opts, log)
         record["search"]["seconds_total"] = round(time.perf_counter() - started, 2)
         _write_json(tmp / "fit.json", record)
         from .report import write_report
@@ -134,7 +148,8 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         shutil.rmtree(tmp, ignore_errors=True)
     record["run_dir"] = str(run_dir)
     if record["verified"]["latency"] is False or record["verified"]["memory"] is False:
-        raise VerificationFailed(f"measured cost is over budget; see {run_dir / 'report.md'}.")
+        raise VerificationFailed(f"the shipped model measured over budget; see {run_dir / 'report.md'}.")
+    raise_if_failed(accuracy_verdict(record["accuracy"], record["int8"], opts)[1], run_dir)
     return record
 
 
@@ -145,57 +160,75 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,
-            weights, dynamic_batch, num_classes, log) -> dict:
+            weights, dynamic_batch, num_classes, opts: DataOptions, log) -> dict:
     from .export import DEFAULT_OPSET, export_onnx, parity
-    from .measure import peak_memory_onnx, time_onnx
     from .models import build, initialize
 
     opset = min(DEFAULT_OPSET, tgt.max_onnx_opset)  # what the target's runtime can parse
 
-    def materialise(i: int, path: Path):
+    def candidate(i: int) -> Path:
+        """The file that would ship for architecture i with deterministic weights (int8: quantized)."""
         model = initialize(build(family, archs[i].scale, num_classes), seed=0)
         if weights is not None:
             _load_weights(model, weights)
-        export_onnx(model, path, dynamic_batch=dynamic_batch, opset=opset)
-        return model
-
-    def measure(i: int) -> Measurement:
         path = run / f"candidate-{i}.onnx"
-        materialise(i, path)
-        t = time_onnx(path, threads=threads, **TIMING)
-        mem = peak_memory_onnx(path, threads=threads).peak_mb
-        pred = predict_arch(i)[0]
-        stat = {50: t.p50_ms, 90: t.p90_ms, 99: t.p99_ms}[budget.percentile]
-        return Measurement(i, archs[i].phi, archs[i].scale.resolution, round(pred, 4), round(t.p50_ms, 4),
-                           round(t.p90_ms, 4), round(t.p99_ms, 4), round(mem, 2), t.n, threads,
-                           measured_fits(stat, mem, budget), round(100 * (t.p50_ms / pred - 1), 2), str(path))
+        export_onnx(model, path, dynamic_batch=dynamic_batch, opset=opset)
+        if precision == "int8":
+            quantize_candidate(path, path, opts.calibration_method)
+        return path
+
+    def measure(i: int, path: Path | None = None) -> Measurement:
+        return _measure_file(path or candidate(i), i, archs[i], predict_arch(i)[0], threads, budget)
 
     measurements: list[Measurement] = []
     chosen = result.chosen.index
     if tgt.measurable:
         chosen, measurements = closed_loop(len(archs), chosen, predict_arch, measure, budget, log)
-        os.replace(run / f"candidate-{chosen}.onnx", run / "model.onnx")
         remove_unchosen(measurements, chosen)
-    model = initialize(build(family, archs[chosen].scale, num_classes), seed=0)
-    if weights is not None:
-        _load_weights(model, weights)
-    if not tgt.measurable:
-        export_onnx(model, run / "model.onnx", dynamic_batch=dynamic_batch, opset=opset)
-    par = parity(model, run / "model.onnx", n=8, precision=precision)
+    model, preprocess, training = weights_for(run, family, archs[chosen].scale, num_classes, weights, opts, log)
+    fp32 = run / ("model.fp32.onnx" if precision == "int8" else "model.onnx")
+    export_onnx(model, fp32, dynamic_batch=dynamic_batch, opset=opset)
+    par = parity(model, fp32, n=8, precision="fp32")
     if not par:
         raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")
-    return _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
-                   measurements, par, weights, num_classes)
+    int8 = None
+    if precision == "int8":
+        int8 = make_int8(run, fp32, archs[chosen].scale.resolution, preprocess, opts, training is not None, log)
+    final = next((m for m in measurements if m.index == chosen), None)
+    if final is not None:
+        shipped, timed = run / "model.onnx", Path(final.onnx)
+        if shipped.read_bytes() != timed.read_bytes():  # trained or recalibrated: time the file that ships
+            final = measure(chosen, shipped)
+            log(f"re-measured the shipped model: p{budget.percentile} {final.latency_at(budget.percentile):.2f} ms")
+        timed.unlink(missing_ok=True)
+    accuracy = verify_accuracy_step(run, opts, precision, threads)
+    return _record(tgt, family, precision, threads, archs, result, predictor, budget, chosen, measurements, final,
+                   {"parity": par.to_dict(), "weights": weights, "num_classes": num_classes, "int8": int8,
+                    "training": training, "accuracy": accuracy, "opts": opts})
 
 
-def _record(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, chosen,
-            measurements, par, weights, num_classes) -> dict:
+def _measure_file(path: Path, i: int, arch, predicted: float, threads: int, budget: Budget) -> Measurement:
+    from .measure import peak_memory_onnx, time_onnx
+
+    t = time_onnx(path, threads=threads, **TIMING)
+    mem = peak_memory_onnx(path, threads=threads).peak_mb
+    stat = {50: t.p50_ms, 90: t.p90_ms, 99: t.p99_ms}[budget.percentile]
+    return Measurement(i, arch.phi, arch.scale.resolution, round(predicted, 4), round(t.p50_ms, 4),
+                       round(t.p90_ms, 4), round(t.p99_ms, 4), round(mem, 2), t.n, threads,
+                       measured_fits(stat, mem, budget), round(100 * (t.p50_ms / predicted - 1), 2), str(path))
+
+
+def _within(value: float | None, limit: float | None) -> bool | None:
+    return None if limit is None or value is None else value <= limit
+
+
+def _record(tgt, family, precision, threads, archs, result, predictor, budget, chosen, measurements,
+            final: Measurement | None, extra: dict) -> dict:
     from .targets import host_machine
 
-    scale = archs[chosen].scale
+    scale, num_classes = archs[chosen].scale, extra["num_classes"]
     cost = scale_cost(family, scale, num_classes)
     pred = predictor.predict(cost)
-    final = next((m for m in measurements if m.index == chosen), None)
     frontier = {c.index: c.to_dict() for c in result.frontier}
     for m in measurements:
         frontier[m.index] = {**result.evaluate(m.index).to_dict(), "measured_ms": m.latency_ms,
@@ -210,6 +243,9 @@ def _record(tgt, family, precision, threads, archs, result, predictor, predict_a
               f"does not fit (φ={nxt.phi:g})" if nxt is not None else result.reason_next_rejected)
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
+    opts: DataOptions = extra["opts"]
+    verified_accuracy, _ = accuracy_verdict(extra["accuracy"], extra["int8"], opts)
+    weights = extra["weights"]
     return {
         "target": tgt.name, "family": family, "precision": precision,
         "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
@@ -222,17 +258,23 @@ def _record(tgt, family, precision, threads, archs, result, predictor, predict_a
             "heldout_error_pct": pred.heldout_error_pct, "profile": pred.profile, "method": pred.method,
             "note": pred.note},
         "measured": measured,
-        "verified": {"latency": None if final is None or budget.latency_ms is None else final.fits,
-                     "memory": None if final is None or budget.memory_mb is None else final.fits,
-                     "accuracy": None},
-        "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png"},
+        "verified": {"latency": None if final is None else _within(final.latency_at(budget.percentile),
+                                                                   budget.latency_ms),
+                     "memory": None if final is None else _within(final.memory_mb, budget.memory_mb),
+                     "accuracy": verified_accuracy},
+        "accuracy": extra["accuracy"],
+        "int8": extra["int8"],
+        "training": extra["training"],
+        "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png",
+                      **({"onnx_fp32": "model.fp32.onnx"} if precision == "int8" else {}),
+                      **({"checkpoint": "checkpoint.pt"} if extra["training"] else {})},
         "frontier": [frontier[k] for k in sorted(frontier)],
         "measurements": [m.to_dict() | {"onnx": None} for m in measurements],
         "search": {"architectures": result.architectures, "margin_pct": result.margin_pct,
                    "predictor_choice_phi": result.chosen.phi, "reason_next_rejected": reason,
                    "seconds": result.seconds},
-        "parity": par.to_dict(),
-        "weights": str(weights) if weights else "deterministic initialisation (seed 0): the accuracy check covers "
-                                                 "export fidelity only",
+        "parity": extra["parity"],
+        "weights": ("trained on " + opts.data if extra["training"] else str(weights) if weights else
+                    "deterministic initialisation (seed 0): the accuracy check covers export fidelity only"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
     }

@@ -77,6 +77,23 @@ def write_report(fit: dict, run_dir: Path) -> Path:
                   f"min cosine {par['cosine_min']:.6f}, top-1 agreement {par['top1_agreement']:.3f}; "
                   f"tolerances {par['tolerances']} ({'pass' if par['passed'] else 'FAIL'}).", "",
                   f"Weights: {fit['weights']}.", ""]
+    acc = fit.get("accuracy")
+    if acc:
+        lines += ["## Accuracy", "", f"On the validation split of {acc['dataset']} ({acc['samples']} images): PyTorch "
+                  f"{acc['torch']:.4f}, ONNX Runtime {acc['onnx']:.4f}, top-1 agreement {acc['agreement']:.4f}, max abs "
+                  f"logit difference {acc['max_abs_logit_diff']:.2e}"
+                  + (f"; required ≥ {acc['min_accuracy']:g}" if acc.get("min_accuracy") is not None else "") + ".",
+                  ""]
+    q = fit.get("int8")
+    if q:
+        g = q["gate"]
+        lines += ["## Precision", "", "| precision | file | accuracy | note |", "|---|---|---|---|",
+                  f"| fp32 | model.fp32.onnx | {g['fp32_accuracy']:.4f} | against {g['labels']} |",
+                  f"| int8 | model.onnx | {g['int8_accuracy']:.4f} | drop {g['drop_pp']:.2f} pp (limit "
+                  f"{g['max_drop_pp']:g}), {q['quantization']['method']} calibration on {q['calibration_data']} |", ""]
+        if q.get("sensitivity"):
+            lines += ["Layers causing most of the INT8 error (exclude with `--int8-exclude`): "
+                      + ", ".join(f"{x['node']} ({x['rel_l2']:.3f})" for x in q["sensitivity"]), ""]
     lines += ["## Frontier (distinct architectures evaluated)", "",
               "| φ | φ up to | resolution | params | MACs (M) | predicted ms | memory MiB | fits |",
               "|---|---|---|---|---|---|---|---|"]
