@@ -79,9 +79,9 @@ def write_report(fit: dict, run_dir: Path) -> Path:
                   f"Weights: {fit['weights']}.", ""]
     acc = fit.get("accuracy")
     if acc:
-        lines += ["## Accuracy", "", f"On the validation split of {acc['dataset']} ({acc['samples']} images): PyTorch "
-                  f"{acc['torch']:.4f}, ONNX Runtime {acc['onnx']:.4f}, top-1 agreement {acc['agreement']:.4f}, max abs "
-                  f"logit difference {acc['max_abs_logit_diff']:.2e}"
+        lines += ["## Accuracy", "", f"On the validation split of {acc['dataset']} ({acc['samples']} images): "
+                  f"PyTorch {acc['torch']:.4f}, ONNX Runtime {acc['onnx']:.4f}, top-1 agreement "
+                  f"{acc['agreement']:.4f}, max abs logit difference {acc['max_abs_logit_diff']:.2e}"
                   + (f"; required ≥ {acc['min_accuracy']:g}" if acc.get("min_accuracy") is not None else "") + ".",
                   ""]
     q = fit.get("int8")

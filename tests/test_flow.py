@@ -118,3 +118,59 @@ def test_predicted_only_target_is_deterministic(tmp_path):
     assert da["predicted"]["provenance"] == "published"
     first = (a / "report.md").read_text().splitlines()[2]
     assert "predicted, not measured" in first and "held-out error" in first
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("profile8") / "host-int8.json"
+    calibrate(load_target("host"), "int8", threads=1, out=out, suite=TINY_SUITE, timing=TINY_TIMING)
+    return out
+
+
+def test_memory_budget_alone(host_profile, tmp_path):
+    r = run("fit", "--target", "host", "--memory", "60MiB", "--threads", "1", "--out", str(tmp_path / "m"), *RANGE,
+            "--json")
+    if r.exit_code == 3:
+        assert "smallest" in r.output
+        return
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["budget"]["latency_ms"] is None and d["verified"]["memory"] is True and d["verified"]["latency"] is None
+    assert d["measured"]["memory_mb"] <= 60
+
+
+@pytest.mark.slow
+def test_fit_trains_and_verifies_accuracy(host_profile, tmp_path):
+    out = tmp_path / "acc"
+    r = run("fit", "--target", "host", "--latency", "1000ms", "--threads", "1", "--out", str(out), "--phi-min", "-4",
+            "--phi-max", "-3.9", "--data", "builtin:digits", "--train-epochs", "1", "--min-accuracy", "0.05",
+            "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert set(d["accuracy"]) >= {"torch", "onnx", "agreement", "dataset"}
+    assert d["accuracy"]["dataset"] == "builtin:digits" and d["verified"]["accuracy"] is True
+    assert abs(d["accuracy"]["torch"] - d["accuracy"]["onnx"]) <= 0.001
+    assert d["num_classes"] == 10 and (out / "checkpoint.pt").is_file()
+    # an unreachable accuracy bar fails with exit 4 and says what was reached
+    r = run("fit", "--target", "host", "--latency", "1000ms", "--threads", "1", "--out", str(tmp_path / "acc2"),
+            "--phi-min", "-4", "--phi-max", "-3.9", "--data", "builtin:digits", "--train-epochs", "1",
+            "--min-accuracy", "1.0")
+    assert r.exit_code == 4 and "below --min-accuracy" in r.output
+
+
+@pytest.mark.slow
+def test_fit_int8_on_host(host_profile, tiny_int8_profile, tmp_path):
+    dest = host_profile_path("int8", 1)
+    shutil.copy(tiny_int8_profile, dest)
+    out = tmp_path / "q"
+    r = run("fit", "--target", "host", "--latency", "1000ms", "--precision", "int8", "--threads", "1", "--out",
+            str(out), "--phi-min", "-4", "--phi-max", "-3.9", "--data", "builtin:digits", "--train-epochs", "1",
+            "--int8-max-drop", "60", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["precision"] == "int8" and (out / "model.fp32.onnx").is_file()
+    q = d["int8"]["quantization"]
+    assert q["quantize_linear"] > 0 and q["fused_total"] > 0  # ONNX Runtime really runs integer kernels
+    assert d["int8"]["gated"] and d["int8"]["gate"]["labels"] == "labels"
+    assert d["verified"]["latency"] is True and d["measured"] is not None
+    assert "int8" in (out / "report.md").read_text()
