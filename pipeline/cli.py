@@ -234,16 +234,178 @@ def _fit_text(d: dict) -> str:
 @click.option("--agent", default=None, help="Measurement agent URL of a remote device.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads (default: the target's).")
 @click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--data", default=None, help="Labelled set to train and verify on: DIR, FILE.npz or builtin:digits.")
+@click.option("--train-epochs", type=click.IntRange(min=1), default=None, help="Train the chosen model this long.")
+@click.option("--teacher", type=click.Path(exists=True), default=None, help="Checkpoint to distil from.")
+@click.option("--init-from", type=click.Path(exists=True), default=None, help="Checkpoint to fine-tune from.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None, help="Fail (exit 4) below this top-1.")
+@click.option("--calibration-data", default=None, help="INT8 calibration set (default: --data, else builtin:digits).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
+              show_default=True)
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Largest INT8 accuracy drop in percentage points.")
 @click.option("--json", "as_json", is_flag=True, help="Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
-        dynamic_batch, agent, threads, targets_dir, as_json):
+        dynamic_batch, agent, threads, targets_dir, data, train_epochs, teacher, init_from, min_accuracy,
+        calibration_data, calibration_method, calibration_samples, int8_exclude, int8_max_drop, as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
+    from .fit_steps import DataOptions
     from .flow import fit as run
 
+    opts = DataOptions(data, train_epochs, teacher, init_from, min_accuracy, calibration_data, calibration_method,
+                       calibration_samples, tuple(int8_exclude), int8_max_drop)
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    data = run(target_name, latency, memory, family, precision, int(percentile), phi_min, phi_max, out, force,
-               threads, weights, dynamic_batch, agent, targets_dir, log=log, progress=_progress_bar("calibrate"))
-    emit(data, as_json, _fit_text)
+    result = run(target_name, latency, memory, family, precision, int(percentile), phi_min, phi_max, out, force,
+                 threads, weights, dynamic_batch, agent, targets_dir, data=opts, log=log,
+                 progress=_progress_bar("calibrate"))
+    emit(result, as_json, _fit_text)
+
+
+def _train_text(d: dict) -> str:
+    s = d["scale"]
+    name = f"preset {s['preset']}" if s.get("preset") else (
+        f"φ={s['phi']:g}" if s.get("phi") is not None
+        else f"φ_d={s['phi_depth']:g} φ_w={s['phi_width']:g} φ_r={s['phi_resolution']:g}")
+    res = f"resolution {d['resolution']}" + (
+        f" (nominal {d['nominal_resolution']})" if d["resolution"] != d["nominal_resolution"] else "")
+    lines = [f"{d['family']} ({name}), {res}, {si(d['params'])} params, {d['num_classes']} classes",
+             f"  val accuracy {d['val_accuracy']:.4f} (best epoch {d['best_epoch']} of {d['epochs']}) "
+             f"on {d['dataset']['name']}, {d['seconds']:.1f} s on {d['device']}",
+             f"  checkpoint {d['checkpoint']}"]
+    if d.get("transfer"):
+        from .train import TransferReport
+
+        lines.append("  " + TransferReport(**d["transfer"]).summary())
+    if d.get("teacher"):
+        t = d["teacher"]
+        lines.append(f"  distilled from {t['family']} {t['checkpoint']} (val {t['val_accuracy']:.4f}), "
+                     f"T={t['temperature']:g}, a={t['alpha_kd']:g}")
+    return "\n".join(lines)
+
+
+def _train_progress():
+    """(progress, log) for the library: a tqdm bar over training steps on stderr, and log lines
+    printed above the bar (``tqdm.write``) so the two do not garble each other."""
+    from tqdm import tqdm
+
+    state: dict = {}
+
+    def update(i: int, n: int, what: str) -> None:
+        bar = state.get("bar") or state.setdefault("bar", tqdm(total=n, desc="train", unit="step", file=sys.stderr,
+                                                               leave=False))
+        bar.n = i
+        bar.set_postfix_str(what, refresh=False)
+        bar.refresh()
+        if i >= n:
+            bar.close()
+
+    def log(msg: str) -> None:
+        tqdm.write(msg, file=sys.stderr)
+
+    return update, log
+
+
+@cli.command()
+@click.option("--family", default="efficientnet", show_default=True,
+              help="Model family: efficientnet, mobilenetv2, resnet18, resnet50.")
+@scale_options
+@click.option("--data", required=True, help="builtin:digits, an .npz file (x, y) or an image folder.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-2, show_default=True,
+              help="Peak learning rate (AdamW, one-cycle schedule).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resolution", type=click.IntRange(min=8), default=None,
+              help="Train (and export) at this input size instead of the scale's; default: the dataset's "
+                   "(builtin:digits: 32) or the scale's resolution. Recorded in the checkpoint.")
+@click.option("--init-from", type=click.Path(exists=True), default=None,
+              help="Checkpoint (or run dir) of another scale of the same family to start from.")
+@click.option("--teacher", type=click.Path(exists=True), default=None,
+              help="Checkpoint (or run dir) to distil from (any family/scale, same classes).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Distillation temperature T.")
+@click.option("--alpha-kd", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Distillation weight a: (1-a)·CE + a·T²·KL.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/train-<family>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object (progress goes to stderr).")
+def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, data, epochs, batch_size,
+          lr, seed, resolution, init_from, teacher, temperature, alpha_kd, device, out, as_json):
+    """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
+    from .scaling import resolve_scale
+    from .train import train as run
+
+    scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling_from(alpha, beta, gamma))
+    progress, log = _train_progress()
+    result = run(family, scale, data, out_dir=out or Path("runs") / f"train-{family}", epochs=epochs,
+                 batch_size=batch_size, lr=lr, seed=seed, resolution=resolution, init_from=init_from,
+                 teacher=teacher, temperature=temperature, alpha_kd=alpha_kd, device=device,
+                 progress=progress, log=log)
+    emit(result.to_dict(), as_json, _train_text)
+
+
+def _verify_text(d: dict) -> str:
+    t = d["thresholds"]
+    return "\n".join([
+        f"{'PASS' if d['passed'] else 'FAIL'}: accuracy on {d['dataset']} ({d['samples']} validation images)",
+        f"  torch top-1 {d['torch_top1']:.4f}   onnx top-1 {d['onnx_top1']:.4f}   drop {d['drop_pp']:.3f} pp "
+        f"(max {t['max_drop_pp']:g})",
+        f"  agreement {d['agreement']:.4f} (min {t['min_agreement']:g})   max |logit diff| "
+        f"{d['max_abs_logit_diff']:.3g}",
+        f"  model {d['onnx']}",
+    ] + [f"  failed: {f}" for f in d["failures"]])
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", required=True, help="The labelled dataset the checkpoint was trained on.")
+@click.option("--max-drop-pp", type=click.FloatRange(min=0), default=0.1, show_default=True,
+              help="Largest allowed top-1 drop of ONNX below torch, in percentage points.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.995, show_default=True,
+              help="Smallest allowed top-1 agreement between torch and ONNX.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (also saved as verify.json).")
+def verify(run_dir, data, max_drop_pp, min_agreement, threads, as_json):
+    """Check the exported ONNX model keeps the PyTorch model's accuracy (exit 4 when it does not)."""
+    from .verify import verify_accuracy
+
+    report = verify_accuracy(run_dir, data, max_drop_pp=max_drop_pp, min_agreement=min_agreement, threads=threads)
+    emit(report.to_dict(), as_json, _verify_text)
+    report.raise_for_failure()
+
+
+def _build_text(d: dict) -> str:
+    opset = f"ONNX opset {d['onnx_opset']} (target max {d['max_onnx_opset']})" + (
+        ", re-exported" if d.get("onnx_reexported") else "")
+    if d["status"] == "built":
+        size = mib(d["engine_bytes"]) if d.get("engine_bytes") else "?"
+        gpu = d["gpu"]["name"] if d.get("gpu") else "no GPU (ahead-of-time build)"
+        return "\n".join([
+            f"built {d['path']} for {d['target']} ({d['precision']}) with {d['runtime']} {d['tensorrt_version']} "
+            f"on {gpu}: {d.get('layers')} layers, {size}, {d.get('build_seconds')} s",
+            f"  from {d['onnx']}, {opset}; sidecar {d['sidecar']}"])
+    return "\n".join([
+        f"wrote {d['script']}: run it on the {d['target']} to build {d['path']} ({d['precision']}) with trtexec",
+        f"  why not here: {d['why_not_here']}",
+        f"  from {d['onnx']}, {opset}",
+        f"  then: deploy verify RUN_DIR --trtexec-times RUN_DIR/{d['trtexec']['times_file']}"])
+
+
+@cli.command("build")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--precision", default=None, help="fp32 | fp16 | int8 (default: the run's precision).")
+@click.option("--on-device", is_flag=True, help="Do not build here; write build_on_device.sh for the device.")
+@click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the engine record (fit.json's 'engine') as JSON only.")
+def build_cmd(run_dir, precision, on_device, targets_dir, as_json):
+    """Build the TensorRT engine of a fit run here, or write build_on_device.sh to build it on the device."""
+    from .build import build_run
+
+    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    emit(build_run(run_dir, precision, on_device, targets_dir, log=log), as_json, _build_text)
 
 
 def main() -> None:
