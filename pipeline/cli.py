@@ -361,17 +361,33 @@ def _verify_text(d: dict) -> str:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
-@click.option("--data", required=True, help="The labelled dataset the checkpoint was trained on.")
+@click.option("--data", default=None, help="The labelled dataset the checkpoint was trained on.")
+@click.option("--trtexec-times", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Timings from trtexec --exportTimes on the device: recorded in fit.json as measured.")
+@click.option("--trtexec-log", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="trtexec's log (names the device and TensorRT version).")
+@click.option("--device", "device_name", default=None, help="Name of the device the timings came from.")
 @click.option("--max-drop-pp", type=click.FloatRange(min=0), default=0.1, show_default=True,
               help="Largest allowed top-1 drop of ONNX below torch, in percentage points.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.995, show_default=True,
               help="Smallest allowed top-1 agreement between torch and ONNX.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="ONNX Runtime threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (also saved as verify.json).")
-def verify(run_dir, data, max_drop_pp, min_agreement, threads, as_json):
-    """Check the exported ONNX model keeps the PyTorch model's accuracy (exit 4 when it does not)."""
+def verify(run_dir, data, trtexec_times, trtexec_log, device_name, max_drop_pp, min_agreement, threads, as_json):
+    """Check accuracy (--data) and/or record device-measured latency (--trtexec-times); exit 4 on failure."""
     from .verify import verify_accuracy
 
+    if data is None and trtexec_times is None:
+        raise click.UsageError("give --data (accuracy) and/or --trtexec-times (device latency).")
+    if trtexec_times is not None:
+        from .trtexec import record_trtexec_times
+
+        measured = record_trtexec_times(run_dir, trtexec_times, device_name, log_file=trtexec_log,
+                                        raise_on_failure=data is None)
+        if data is None:
+            emit(measured, as_json, lambda d: "\n".join(f"{k}: {v}" for k, v in d.items()))
+            return
+        click.echo(f"recorded measured latency from {trtexec_times}", err=True)
     report = verify_accuracy(run_dir, data, max_drop_pp=max_drop_pp, min_agreement=min_agreement, threads=threads)
     emit(report.to_dict(), as_json, _verify_text)
     report.raise_for_failure()

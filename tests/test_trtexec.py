@@ -162,3 +162,23 @@ def test_record_without_latency_budget_leaves_verified_latency_null(tmp_path):
     m = record_trtexec_times(run, write_trtexec_json(run / "times.json", trace(20)))
     assert m["verified_latency"] is None and read_fit(run)["verified"]["latency"] is None
     assert "unknown device" in m["device"]
+
+
+def test_cli_verify_trtexec_times(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    run = _run(tmp_path, latency_ms=1000.0)
+    times = write_trtexec_json(run / "times.json", trace(50, start_ms=600))
+    r = CliRunner().invoke(cli, ["verify", str(run), "--trtexec-times", str(times), "--device", "bench nano",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["latency_ms"] > 0
+    fit = read_fit(run)
+    assert fit["measured"]["provenance"]["source"] == "trtexec --exportTimes" and fit["verified"]["latency"] is True
+    (tmp_path / "b").mkdir()
+    run2 = _run(tmp_path / "b", latency_ms=0.0001)
+    times2 = write_trtexec_json(run2 / "times.json", trace(50, start_ms=600))
+    r = CliRunner().invoke(cli, ["verify", str(run2), "--trtexec-times", str(times2)])
+    assert r.exit_code == 4
