@@ -154,9 +154,9 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from .paths import atomic_write
+
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,

@@ -9,7 +9,6 @@ the new record, never half of one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from .errors import DeployError
@@ -43,18 +42,9 @@ def read_fit(run_dir: str | Path) -> dict:
 
 def write_fit(run_dir: str | Path, data: dict) -> Path:
     """Write ``fit.json`` atomically (temp file in the same directory + ``os.replace``)."""
-    path = fit_path(run_dir)
-    tmp = path.with_name(f".{FIT_JSON}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from .paths import atomic_write
+
+    return atomic_write(fit_path(run_dir), json.dumps(data, indent=2) + "\n")
 
 
 __all__ = ["FIT_JSON", "fit_path", "read_fit", "write_fit"]

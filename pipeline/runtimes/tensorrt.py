@@ -32,7 +32,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import platform
 import re
 import time
@@ -153,16 +152,9 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from ..paths import atomic_write
+
+    atomic_write(path, data)
 
 
 # --- the sidecar ----------------------------------------------------------------------------------------------
