@@ -26,7 +26,7 @@ from scipy.optimize import nnls
 
 from .cost import BYTES_PER_ELEMENT, Cost, scale_cost
 from .errors import ProfileInvalid, ProfileMismatch, ProfileMissing
-from .features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
+from .features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from .profile import Profile, load_profile
 from .scaling import CompoundScaling, Scale, preset
 
@@ -107,6 +107,21 @@ class _Linear:
         return float(sum(c * features[n] for n, c in zip(self.names, self.coef)))
 
 
+def _latency_matrix(costs: list[Cost], block: int) -> np.ndarray:
+    return np.array([[latency_features(c, block)[n] for n in LATENCY_FEATURES] for c in costs])
+
+
+def _best_channel_block(costs: list[Cost], y: np.ndarray) -> tuple[int, np.ndarray]:
+    """The channel block with the lowest leave-one-out p90 error (ties: the smaller block), and its LOO errors."""
+    best = None
+    for block in CHANNEL_BLOCKS:
+        errors = _loo_errors(_latency_matrix(costs, block), y, _nnls_relative)
+        score = float(np.percentile(errors, HELDOUT_QUANTILE))
+        if best is None or score < best[0] - 1e-9:
+            best = (score, block, errors)
+    return best[1], best[2]
+
+
 def _hardware_figure(hardware: dict, key: str, precision: str) -> float | None:
     fig = hardware.get(key)
     if not isinstance(fig, dict):
@@ -131,10 +146,12 @@ class Predictor:
     """A fitted latency + memory predictor for one profile."""
 
     def __init__(self, profile: Profile, method: str, latency, memory, heldout: float | None,
-                 memory_heldout: float | None, tail_ratio: float | None, note: str | None = None):
+                 memory_heldout: float | None, tail_ratio: float | None, note: str | None = None,
+                 channel_block: int = 1):
         self.profile, self.method, self._latency, self._memory = profile, method, latency, memory
         self.heldout_error_pct, self.memory_heldout_error_pct = heldout, memory_heldout
         self.tail_ratio, self.note = tail_ratio, note
+        self.channel_block = channel_block  # conv channels padded to this (pipeline.features)
 
     @property
     def provenance(self) -> str:
@@ -156,10 +173,10 @@ class Predictor:
     @classmethod
     def _fit_linear(cls, profile: Profile, records: list[dict]) -> Predictor:
         costs = [record_cost(r) for r in records]
-        x = np.array([[latency_features(c)[n] for n in LATENCY_FEATURES] for c in costs])
         y = np.array([r["latency_ms"]["p50"] for r in records])
-        coef = _nnls_relative(x, y)
-        heldout = _pct(_loo_errors(x, y, _nnls_relative))
+        block, loo = _best_channel_block(costs, y)
+        coef = _nnls_relative(_latency_matrix(costs, block), y)
+        heldout = _pct(loo)
         latency = _Linear(LATENCY_FEATURES, tuple(float(c) for c in coef))
         memory, mem_heldout = None, None
         mem = [(c, r["peak_memory_mb"]) for c, r in zip(costs, records) if r.get("peak_memory_mb")]
@@ -168,8 +185,8 @@ class Predictor:
             my = np.array([m for _, m in mem])
             memory = _Linear(MEMORY_FEATURES, tuple(float(v) for v in _nnls_relative(mx, my)))
             mem_heldout = _pct(_loo_errors(mx, my, _nnls_relative))
-        return cls(profile, "per-op-kind linear (NNLS, relative error)", latency, memory, heldout, mem_heldout,
-                   _tail_ratio(records))
+        method = f"per-op-kind linear (NNLS, relative error; channels padded to blocks of {block})"
+        return cls(profile, method, latency, memory, heldout, mem_heldout, _tail_ratio(records), channel_block=block)
 
     @classmethod
     def _fit_roofline(cls, profile: Profile, records: list[dict], hardware: dict) -> Predictor:
@@ -203,7 +220,7 @@ class Predictor:
     # -- predicting ------------------------------------------------------------------------------
     def predict(self, cost: Cost) -> Prediction:
         if self.method.startswith("per-op"):
-            latency = self._latency(latency_features(cost))
+            latency = self._latency(latency_features(cost, self.channel_block))
         else:
             latency = self._latency(cost)
         memory = self._memory(memory_features(cost)) if self._memory else None

@@ -17,13 +17,13 @@ TRUE_LATENCY = {"conv_gmacs": 40.0, "pwconv_gmacs": 25.0, "dwconv_gmacs": 90.0, 
 TRUE_MEMORY = {"weights_mb": 1.1, "activations_mb": 1.5, "const": 12.0}
 
 
-def synthetic_profile(entries=FULL_SUITE, machine=None) -> Profile:
+def synthetic_profile(entries=FULL_SUITE, machine=None, channel_block=1) -> Profile:
     """A profile whose latencies follow known per-feature coefficients exactly."""
     records = []
     for e in entries:
         s = e.scale()
         cost = scale_cost(e.family, s)
-        f, m = latency_features(cost), memory_features(cost)
+        f, m = latency_features(cost, channel_block), memory_features(cost)
         lat = sum(TRUE_LATENCY.get(k, 0.0) * f[k] for k in LATENCY_FEATURES)
         mem = sum(TRUE_MEMORY[k] * m[k] for k in MEMORY_FEATURES)
         records.append({"kind": "model", "family": e.family, "phi": s.phi, "phi_depth": s.phi_depth,
@@ -46,6 +46,17 @@ def test_fit_recovers_known_coefficients():
         assert p.latency_ms == pytest.approx(truth, rel=0.02)
         assert p.latency_ms_p90 == pytest.approx(truth * 1.1, rel=0.02)
         assert p.provenance == "measured" and p.heldout_error_pct == pred.heldout_error_pct
+
+
+def test_fit_finds_the_channel_block_the_device_pads_to():
+    """A device whose convolutions run on 16-channel blocks is recognised and predicted exactly."""
+    pred = Predictor.fit(synthetic_profile(channel_block=16))
+    assert pred.channel_block == 16 and "blocks of 16" in pred.method
+    assert pred.heldout_error_pct < 1.0
+    cost = scale_cost("resnet18", SuiteEntry("resnet18", -1.7).scale())  # 56-channel stem: padded to 64
+    truth = sum(TRUE_LATENCY.get(k, 0.0) * latency_features(cost, 16)[k] for k in LATENCY_FEATURES)
+    assert truth > sum(TRUE_LATENCY.get(k, 0.0) * latency_features(cost)[k] for k in LATENCY_FEATURES) * 1.01
+    assert pred.predict(cost).latency_ms == pytest.approx(truth, rel=0.02)
 
 
 def test_heldout_error_reports_misfit():
