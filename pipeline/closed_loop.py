@@ -16,9 +16,12 @@ from .errors import BudgetInfeasible
 from .search import Budget
 
 MAX_MEASUREMENTS = 6
-# A measured p50 this close under the budget counts as over it: repeated runs on a
-# noisy host differ by about this much, and the shipped model must still fit when re-timed.
-NOISE_MARGIN = 0.02
+# A measured latency this close under the budget counts as over it, because the shipped model
+# must still fit when somebody re-times it. On the 2-core dev VM the same session's p50 drifted
+# by 4-16% between one-second rounds; the decision therefore uses the slowest of several
+# rounds (Measurement.latency_ms_worst_round) *and* keeps this margin. With ~100 distinct
+# EfficientNet architectures 1-5% apart, a 5% margin still left 90%+ utilisation on host.
+NOISE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Measurement:
     fits: bool
     error_pct: float
     onnx: str
+    latency_ms_worst_round: float | None = None  # the slowest round's p50, when timed in rounds
 
     def to_dict(self) -> dict:
         return asdict(self)

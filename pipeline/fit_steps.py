@@ -152,3 +152,46 @@ def accuracy_verdict(accuracy: dict | None, int8: dict | None, opts: DataOptions
 def raise_if_failed(message: str | None, run_dir: Path) -> None:
     if message:
         raise VerificationFailed(f"{message}; see {run_dir / 'report.md'}.")
+
+
+def precision_table(tgt, family: str, scale, num_classes: int, threads: int, precision: str, run: Path,
+                    measured: dict | None, accuracy: dict | None, int8: dict | None) -> list[dict]:
+    """One row per precision (fp32, fp16, int8): latency with its provenance, size, accuracy.
+
+    The run's own precision uses its measurement when there is one; the others are predicted
+    from the target's profile for that precision, and say so. A precision without a profile, or
+    that the target cannot run, gets ``latency_ms: null`` and the reason, never a guess.
+    """
+    from .cost import scale_cost
+    from .errors import DeployError
+    from .predict import load_predictor
+
+    cost = scale_cost(family, scale, num_classes)
+    rows = []
+    for p in ("fp32", "fp16", "int8"):
+        row: dict = {"precision": p, "latency_ms": None, "latency_source": None, "size_mb": None,
+                     "size_source": None, "accuracy": None}
+        if p == precision and measured is not None:
+            row.update(latency_ms=measured["latency_ms"], latency_source=f"measured on {measured['device']}")
+        elif p not in tgt.precisions:
+            row["latency_source"] = f"{tgt.name} does not run {p}"
+        else:
+            try:
+                pred = load_predictor(tgt, p, threads).predict(cost)
+                err = "unknown" if pred.heldout_error_pct is None else f"±{pred.heldout_error_pct:g}%"
+                row.update(latency_ms=pred.latency_ms, latency_source=f"predicted ({pred.provenance} profile, "
+                           f"held-out error {err})")
+            except DeployError as exc:  # no profile for this precision: say so, do not guess
+                row["latency_source"] = f"not predicted: {exc}"
+        file = run / ("model.onnx" if p == precision else "model.fp32.onnx" if p == "fp32" else "")
+        if file.is_file():
+            row.update(size_mb=round(file.stat().st_size / 2**20, 3), size_source=file.name)
+        else:
+            row.update(size_mb=round(cost.weight_bytes[p] / 2**20, 3), size_source="weights only (estimate)")
+        if p == precision and accuracy is not None:
+            row["accuracy"] = accuracy["onnx"]
+        if int8 is not None and int8.get("gated"):
+            row["accuracy"] = {"fp32": int8["gate"]["fp32_accuracy"], "int8": int8["gate"]["int8_accuracy"]}.get(
+                p, row["accuracy"])
+        rows.append(row)
+    return rows

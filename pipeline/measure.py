@@ -50,7 +50,10 @@ class Timing:
     """Latency statistics of one configuration, in milliseconds per call.
 
     ``spread`` is ``p90 / p50 - 1``: a quick noise indicator (0.05 means the slowest
-    10 % of calls are at least 5 % slower than the median). ``n`` counts the timed calls
+    10 % of calls are at least 5 % slower than the median). ``round_p50_ms`` holds each
+    round's p50 when the calls were timed in several rounds (:func:`time_onnx`): on a shared
+    machine the p50 of the same session drifts by 10 % and more from one second to the next,
+    which only separate rounds reveal. ``n`` counts the timed calls
     and ``warmup`` the untimed ones before them; ``total_s`` is the time spent inside the
     timed calls. ``threads`` is the thread count the measured code was configured with
     (``None`` when the caller did not say, e.g. an arbitrary Python callable).
@@ -68,6 +71,12 @@ class Timing:
     warmup: int
     total_s: float
     threads: int | None = None
+    round_p50_ms: tuple[float, ...] | None = None
+
+    @property
+    def worst_round_p50_ms(self) -> float:
+        """The slowest round's p50 (the pooled p50 when timed in one round): what a re-timing may see."""
+        return max(self.round_p50_ms) if self.round_p50_ms else self.p50_ms
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +86,8 @@ class Timing:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     @classmethod
-    def from_samples(cls, samples_ns: list[int] | np.ndarray, *, warmup: int, threads: int | None = None) -> Timing:
+    def from_samples(cls, samples_ns: list[int] | np.ndarray, *, warmup: int, threads: int | None = None,
+                     round_p50_ms: tuple[float, ...] | None = None) -> Timing:
         """Statistics of per-call durations given in nanoseconds."""
         ns = np.asarray(samples_ns, dtype=np.float64)
         if ns.size == 0:
@@ -98,6 +108,7 @@ class Timing:
             warmup=int(warmup),
             total_s=float(ns.sum() / 1e9),
             threads=threads,
+            round_p50_ms=round_p50_ms,
         )
 
 
@@ -148,6 +159,14 @@ def time_callable(
     ``threads`` is recorded in the result; configuring threads is the callable's job.
     """
     threads = _check_threads(threads, required=False)
+    samples = _timed_calls(fn, warmup=warmup, min_repeats=min_repeats, min_time_s=min_time_s,
+                           max_repeats=max_repeats, max_time_s=max_time_s)
+    return Timing.from_samples(samples, warmup=warmup, threads=threads)
+
+
+def _timed_calls(fn: Callable[[], Any], *, warmup: int, min_repeats: int, min_time_s: float, max_repeats: int,
+                 max_time_s: float | None) -> list[int]:
+    """The loop behind :func:`time_callable`: per-call durations in nanoseconds."""
     if warmup < 0 or min_repeats < 1:
         raise ValueError("warmup must be >= 0 and min_repeats >= 1")
     if max_repeats < min_repeats:
@@ -172,7 +191,7 @@ def time_callable(
                 break
             if max_time_ns is not None and elapsed >= max_time_ns:
                 break
-    return Timing.from_samples(samples, warmup=warmup, threads=threads)
+    return samples
 
 
 def compare_interleaved(
@@ -347,23 +366,32 @@ def time_onnx(
     seed: int = 0,
     input_shape: tuple[int, ...] | None = None,
     providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",),
+    rounds: int = 1,
 ) -> Timing:
     """Latency of one ONNX model under :func:`ort_session` on seeded random input (batch 1).
 
     The default warm-up is larger than :func:`time_callable`'s: the first runs of a
-    session allocate its memory arena and pre-pack weights.
+    session allocate its memory arena and pre-pack weights. With ``rounds > 1`` the
+    minimum count and time apply to each round; the statistics pool every call, and
+    ``round_p50_ms`` keeps each round's p50 so a caller can judge how far a re-timing may drift.
     """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
     sess = ort_session(model, threads, providers)
     feeds = random_inputs(sess, seed, input_shape)
     outputs = [o.name for o in sess.get_outputs()]
-    return time_callable(
-        lambda: sess.run(outputs, feeds),
-        warmup=warmup,
-        min_repeats=min_repeats,
-        min_time_s=min_time_s,
-        max_time_s=max_time_s,
-        threads=threads,
-    )
+    if rounds == 1:
+        return time_callable(lambda: sess.run(outputs, feeds), warmup=warmup, min_repeats=min_repeats,
+                             min_time_s=min_time_s, max_time_s=max_time_s, threads=threads)
+    samples: list[int] = []
+    medians = []
+    for r in range(rounds):
+        chunk = _timed_calls(lambda: sess.run(outputs, feeds), warmup=warmup if r == 0 else 0,
+                             min_repeats=min_repeats, min_time_s=min_time_s, max_repeats=10_000,
+                             max_time_s=max_time_s)
+        samples += chunk
+        medians.append(float(np.median(chunk)) / 1e6)
+    return Timing.from_samples(samples, warmup=warmup, threads=threads, round_p50_ms=tuple(medians))
 
 
 # --- Peak memory ---------------------------------------------------------------------------

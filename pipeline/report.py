@@ -45,6 +45,23 @@ def _provenance_line(fit: dict) -> str:
             f"(held-out error {err}).")
 
 
+def _precision_lines(fit: dict) -> list[str]:
+    """fp32 / fp16 / int8 side by side; every latency says whether it was measured or predicted."""
+    rows = fit.get("precisions") or []
+    if not rows:
+        return []
+
+    def num(a, fmt: str) -> str:
+        return "—" if a is None else format(a, fmt)
+
+    lines = ["## Precision", "", "| precision | latency ms | latency from | size MiB | size from | accuracy |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['precision']}{' (this run)' if r['precision'] == fit['precision'] else ''} | "
+              f"{num(r['latency_ms'], '.2f')} | {r['latency_source']} | "
+              f"{r['size_mb']:.2f} | {r['size_source']} | {num(r['accuracy'], '.4f')} |" for r in rows]
+    return lines + [""]
+
+
 def write_report(fit: dict, run_dir: Path) -> Path:
     """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence."""
     png = plot_frontier(fit, run_dir / "latency_vs_phi.png")
@@ -75,7 +92,8 @@ def write_report(fit: dict, run_dir: Path) -> Path:
         lines += ["## Export fidelity (ONNX Runtime vs PyTorch)", "",
                   f"{par['n']} {par['source_of_inputs']} inputs: max abs error {par['max_abs_err']:.2e}, "
                   f"min cosine {par['cosine_min']:.6f}, top-1 agreement {par['top1_agreement']:.3f}; "
-                  f"tolerances {par['tolerances']} ({'pass' if par['passed'] else 'FAIL'}).", "",
+                  f"tolerances {par['tolerances']}, max_abs per unit of logit scale {par.get('logit_scale', 1.0):.3g} "
+                  f"({'pass' if par['passed'] else 'FAIL'}).", "",
                   f"Weights: {fit['weights']}.", ""]
     acc = fit.get("accuracy")
     if acc:
@@ -84,13 +102,15 @@ def write_report(fit: dict, run_dir: Path) -> Path:
                   f"{acc['agreement']:.4f}, max abs logit difference {acc['max_abs_logit_diff']:.2e}"
                   + (f"; required ≥ {acc['min_accuracy']:g}" if acc.get("min_accuracy") is not None else "") + ".",
                   ""]
+    lines += _precision_lines(fit)
     q = fit.get("int8")
     if q:
         g = q["gate"]
-        lines += ["## Precision", "", "| precision | file | accuracy | note |", "|---|---|---|---|",
-                  f"| fp32 | model.fp32.onnx | {g['fp32_accuracy']:.4f} | against {g['labels']} |",
-                  f"| int8 | model.onnx | {g['int8_accuracy']:.4f} | drop {g['drop_pp']:.2f} pp (limit "
-                  f"{g['max_drop_pp']:g}), {q['quantization']['method']} calibration on {q['calibration_data']} |", ""]
+        lines += [f"INT8: {q['quantization']['method']} calibration on {q['calibration_data']}; accuracy "
+                  f"fp32 {g['fp32_accuracy']:.4f} vs int8 {g['int8_accuracy']:.4f} against {g['labels']}, drop "
+                  f"{g['drop_pp']:.2f} pp (limit {g['max_drop_pp']:g}"
+                  f"{'' if q['gated'] else ', not gated: untrained'}).",
+                  ""]
         if q.get("sensitivity"):
             lines += ["Layers causing most of the INT8 error (exclude with `--int8-exclude`): "
                       + ", ".join(f"{x['node']} ({x['rel_l2']:.3f})" for x in q["sensitivity"]), ""]

@@ -288,3 +288,14 @@ def test_parity_tolerance_table_and_report():
     assert PARITY_TOLERANCES["fp32"] == {"max_abs": 1e-4, "cosine": 0.9999, "top1": 1.0}
     assert PARITY_TOLERANCES["int8"]["max_abs"] is None
     assert set(PARITY_TOLERANCES) == {"fp32", "fp16", "int8"}
+
+
+def test_parity_tolerance_scales_with_the_logits(exported):
+    """A large model's exact export passes: max_abs is per unit of logit scale, not a fixed figure."""
+    model, result = exported("mobilenetv2")
+    report = parity(model, result.path, n=2, seed=0)
+    assert report and report.logit_scale >= 1.0
+    bound = PARITY_TOLERANCES["fp32"]["max_abs"] * report.logit_scale
+    assert report.max_abs_err <= bound
+    tight = parity(model, result.path, n=2, seed=0, tolerances={"max_abs": report.max_abs_err / report.logit_scale / 2})
+    assert not tight and "logit scale" in tight.failures[0]

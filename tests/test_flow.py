@@ -69,6 +69,12 @@ def test_fit_on_host_end_to_end(host_profile, tmp_path):
     t = time_onnx(out2 / "model.onnx", threads=1, warmup=3, min_repeats=20, min_time_s=0.3)
     assert t.p50_ms <= budget * 1.25
     assert not list(out2.glob("candidate-*.onnx"))
+    rows = {r["precision"]: r for r in d["precisions"]}
+    assert set(rows) == {"fp32", "fp16", "int8"}
+    assert rows["fp32"]["latency_ms"] == d["measured"]["latency_ms"] and "measured" in rows["fp32"]["latency_source"]
+    assert rows["fp16"]["latency_ms"] is None and "does not run fp16" in rows["fp16"]["latency_source"]
+    assert rows["fp32"]["size_mb"] == pytest.approx((out2 / "model.onnx").stat().st_size / 2**20, abs=1e-3)
+    assert "| fp32 (this run) |" in (out2 / "report.md").read_text()
 
 
 def test_budget_below_smallest_exits_3(host_profile, tmp_path):
@@ -116,6 +122,9 @@ def test_predicted_only_target_is_deterministic(tmp_path):
     assert (a / "model.onnx").read_bytes() == (b / "model.onnx").read_bytes()
     assert da["measured"] is None and da["verified"]["latency"] is None
     assert da["predicted"]["provenance"] == "published"
+    rows = {r["precision"]: r for r in da["precisions"]}  # the nano runs fp32 and fp16: both predicted, labelled
+    assert "predicted (published profile" in rows["fp16"]["latency_source"] and rows["fp16"]["latency_ms"] > 0
+    assert rows["int8"]["latency_ms"] is None and rows["int8"]["size_source"] == "weights only (estimate)"
     first = (a / "report.md").read_text().splitlines()[2]
     assert "predicted, not measured" in first and "held-out error" in first
 
@@ -174,3 +183,8 @@ def test_fit_int8_on_host(host_profile, tiny_int8_profile, tmp_path):
     assert d["int8"]["gated"] and d["int8"]["gate"]["labels"] == "labels"
     assert d["verified"]["latency"] is True and d["measured"] is not None
     assert "int8" in (out / "report.md").read_text()
+    rows = {r["precision"]: r for r in d["precisions"]}
+    assert rows["int8"]["accuracy"] == d["int8"]["gate"]["int8_accuracy"]
+    assert rows["fp32"]["accuracy"] == d["int8"]["gate"]["fp32_accuracy"] and rows["fp32"]["size_source"] == \
+        "model.fp32.onnx"
+    assert rows["int8"]["size_mb"] < rows["fp32"]["size_mb"]

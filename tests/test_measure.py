@@ -237,6 +237,17 @@ def test_time_onnx_records_the_thread_count(small_onnx, threads):
     assert 0 < t.p50_ms <= t.p90_ms <= t.p99_ms
 
 
+def test_time_onnx_in_rounds_keeps_each_rounds_median(small_onnx):
+    t = time_onnx(small_onnx, threads=1, warmup=2, min_repeats=10, min_time_s=0.02, rounds=3)
+    assert len(t.round_p50_ms) == 3 and t.n >= 30
+    assert min(t.round_p50_ms) <= t.worst_round_p50_ms == max(t.round_p50_ms)
+    assert min(t.round_p50_ms) <= t.p50_ms <= max(t.round_p50_ms)  # the pooled median lies between them
+    single = time_onnx(small_onnx, threads=1, warmup=2, min_repeats=10, min_time_s=0.02)
+    assert single.round_p50_ms is None and single.worst_round_p50_ms == single.p50_ms
+    with pytest.raises(ValueError):
+        time_onnx(small_onnx, threads=1, rounds=0)
+
+
 def test_time_onnx_on_an_exported_family_model(family_onnx):
     t = time_onnx(family_onnx, threads=1, warmup=2, min_repeats=10, min_time_s=0.05)
     assert t.n >= 10 and t.p50_ms > 0
