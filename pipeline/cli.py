@@ -142,7 +142,7 @@ def _progress_bar(label: str):
 @click.option("--target", "target_name", required=True, help="Target to calibrate (run this on that device).")
 @click.option("--precision", default=None, help="Precision to calibrate (default: the target's default).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads (default: the target's).")
-@click.option("--quick", is_flag=True, help="Small suite, about a minute instead of up to ten.")
+@click.option("--quick", is_flag=True, help="Small suite: about a minute (fp32; int8 about two) instead of up to ten.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the profile here.")
 @click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the profile summary as JSON.")
@@ -246,10 +246,13 @@ def _fit_text(d: dict) -> str:
 @click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
 @click.option("--int8-max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Largest INT8 accuracy drop in percentage points.")
+@click.option("--noise-margin", type=click.FloatRange(0, 50, max_open=True), default=5.0, show_default=True,
+              help="Percent: a measured latency or memory this close under its budget counts as over it.")
 @click.option("--json", "as_json", is_flag=True, help="Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
         dynamic_batch, agent, threads, targets_dir, data, train_epochs, teacher, init_from, min_accuracy,
-        calibration_data, calibration_method, calibration_samples, int8_exclude, int8_max_drop, as_json):
+        calibration_data, calibration_method, calibration_samples, int8_exclude, int8_max_drop, noise_margin,
+        as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
     from .fit_steps import DataOptions
     from .flow import fit as run
@@ -259,7 +262,7 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     result = run(target_name, latency, memory, family, precision, int(percentile), phi_min, phi_max, out, force,
                  threads, weights, dynamic_batch, agent, targets_dir, data=opts, log=log,
-                 progress=_progress_bar("calibrate"))
+                 progress=_progress_bar("calibrate"), noise_margin_pct=noise_margin)
     emit(result, as_json, _fit_text)
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from .closed_loop import Measurement, closed_loop, measured_fits, remove_unchosen
+from .closed_loop import Measurement, closed_loop, measured_fits, measured_limits, remove_unchosen
 from .cost import scale_cost
 from .errors import BackendUnavailable, DeployError, ModelInvalid, ProfileMissing, UsageError, VerificationFailed
 from .fit_steps import (
@@ -68,7 +68,7 @@ def _predictor(target, precision: str, threads: int | None, log: Callable[[str],
         if not target.measurable:
             raise
         log(f"no {precision} profile for this machine at {threads} threads: calibrating first with the quick "
-            "suite (about a minute; run `deploy calibrate --target host` for the full one).")
+            "suite (about a minute for fp32, two for int8; run `deploy calibrate --target host` for the full one).")
         calibrate(target, precision, threads, quick=True, progress=progress)
         return load_predictor(target, precision, threads)
 
@@ -96,7 +96,8 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         phi_max: float | None = None, out: str | Path | None = None, force: bool = False,
         threads: int | None = None, weights: str | Path | None = None, dynamic_batch: bool = False,
         agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int | None = None,
-        data: DataOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
+        data: DataOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None,
+        noise_margin_pct: float = 5.0) -> dict:
     """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
     from .models import check_family
     from .targets import load_target
@@ -104,6 +105,8 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
     started = time.perf_counter()
     if latency is None and memory is None:
         raise UsageError("give at least one budget: --latency (e.g. 20ms) and/or --memory (e.g. 256MB).")
+    if not 0 <= noise_margin_pct < 50:
+        raise UsageError(f"--noise-margin must be in [0, 50) percent, not {noise_margin_pct:g}.")
     if percentile not in PERCENTILES:
         raise UsageError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}.")
     if agent is not None:
@@ -122,7 +125,7 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
     lo, hi = (DEFAULT_PHI_RANGE[0] if phi_min is None else phi_min), (DEFAULT_PHI_RANGE[1] if phi_max is None
                                                                         else phi_max)
     predictor = _predictor(tgt, precision, threads, log, progress)
-    budget = Budget(latency, memory, percentile)
+    budget = Budget(latency, memory, percentile, noise_margin_pct)
     margin = predictor.heldout_error_pct if predictor.heldout_error_pct is not None else UNKNOWN_ERROR_MARGIN_PCT
     archs = enumerate_architectures(family, lo, hi)
 
@@ -140,6 +143,7 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         record = _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, tmp,
                          weights, dynamic_batch, num_classes, opts, log)
         record["search"]["seconds_total"] = round(time.perf_counter() - started, 2)
+        record = _relative_paths(record, tmp)
         _write_json(tmp / "fit.json", record)
         from .report import write_report
 
@@ -152,6 +156,16 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         raise VerificationFailed(f"the shipped model measured over budget; see {run_dir / 'report.md'}.")
     raise_if_failed(accuracy_verdict(record["accuracy"], record["int8"], opts)[1], run_dir)
     return record
+
+
+def _relative_paths(data, run: Path):
+    """Paths inside the temporary run folder, made relative: it is renamed to the run directory at the end."""
+    prefix = str(run) + os.sep
+    if isinstance(data, dict):
+        return {k: _relative_paths(v, run) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_relative_paths(v, run) for v in data]
+    return data[len(prefix):] if isinstance(data, str) and data.startswith(prefix) else data
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -221,6 +235,20 @@ def _measure_file(path: Path, i: int, arch, predicted: float, threads: int, budg
                        round(t.worst_round_p50_ms, 4))
 
 
+def _measured_rejection(m: Measurement, budget: Budget) -> str:
+    """Why a measured architecture was not taken, with the limits it was held to."""
+    lat_limit, mem_limit = measured_limits(budget)
+    stat = m.judged_latency(budget.percentile)
+    parts = []
+    if lat_limit is not None and stat > lat_limit:
+        which = " (slowest round)" if budget.percentile == 50 and m.latency_ms_worst_round is not None else ""
+        parts.append(f"measured p{budget.percentile} {stat:.2f} ms{which} > {lat_limit:.2f} ms = the "
+                     f"{budget.latency_ms:g} ms budget less the {budget.noise_margin_pct:g}% noise margin")
+    if mem_limit is not None and (m.memory_mb is None or m.memory_mb > mem_limit):
+        parts.append(f"measured {m.memory_mb} MiB > {mem_limit:.1f} MiB (budget less the noise margin)")
+    return f"φ={m.phi:g}: " + ("; ".join(parts) or "measured within the limits")
+
+
 def _within(value: float | None, limit: float | None) -> bool | None:
     return None if limit is None or value is None else value <= limit
 
@@ -244,8 +272,7 @@ def _record(tgt, family, precision, threads, archs, result, predictor, budget, c
         "latency_ms_worst_round": final.latency_ms_worst_round,
         "when": datetime.now().astimezone().isoformat(timespec="seconds"), "repeats": final.repeats}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
-    reason = (f"measured p{budget.percentile} {nxt.latency_at(budget.percentile):.2f} ms / {nxt.memory_mb} MiB "
-              f"does not fit (φ={nxt.phi:g})" if nxt is not None else result.reason_next_rejected)
+    reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
     opts: DataOptions = extra["opts"]
@@ -257,7 +284,8 @@ def _record(tgt, family, precision, threads, archs, result, predictor, budget, c
         "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
         "resolution": scale.resolution, "params": cost.params, "macs": cost.macs,
         "scale": scale.to_dict(), "num_classes": num_classes,
-        "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "percentile": budget.percentile},
+        "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "percentile": budget.percentile,
+                   "noise_margin_pct": budget.noise_margin_pct},
         "predicted": {"latency_ms": pred.latency_ms, "latency_ms_at_percentile": round(pred.latency_at(
             budget.percentile), 4), "memory_mb": pred.memory_mb, "provenance": pred.provenance,
             "heldout_error_pct": pred.heldout_error_pct, "profile": pred.profile, "method": pred.method,

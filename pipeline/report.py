@@ -92,7 +92,7 @@ def write_report(fit: dict, run_dir: Path) -> Path:
         lines += ["## Export fidelity (ONNX Runtime vs PyTorch)", "",
                   f"{par['n']} {par['source_of_inputs']} inputs: max abs error {par['max_abs_err']:.2e}, "
                   f"min cosine {par['cosine_min']:.6f}, top-1 agreement {par['top1_agreement']:.3f}; "
-                  f"tolerances {par['tolerances']}, max_abs per unit of logit scale {par.get('logit_scale', 1.0):.3g} "
+                  f"tolerances {par['tolerances']}, max_abs times the logit scale {par.get('logit_scale', 1.0):.3g} "
                   f"({'pass' if par['passed'] else 'FAIL'}).", "",
                   f"Weights: {fit['weights']}.", ""]
     acc = fit.get("accuracy")

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.closed_loop import MAX_MEASUREMENTS, NOISE_MARGIN, Measurement, closed_loop, measured_fits
+from pipeline.closed_loop import MAX_MEASUREMENTS, Measurement, closed_loop, measured_fits
 from pipeline.errors import BudgetInfeasible
 from pipeline.search import Budget
 
@@ -28,7 +28,7 @@ def make(bias: float, budget_ms: float = 10.0):
 def test_loop_ends_on_a_measured_bracket(bias, start):
     predicted, measure, budget, calls = make(bias)
     chosen, ms = closed_loop(len(TRUE_MS), start, predicted, measure, budget)
-    limit = 10.0 * (1 - NOISE_MARGIN)
+    limit = 10.0 * (1 - budget.noise_margin_pct / 100)
     assert TRUE_MS[chosen] <= limit < TRUE_MS[chosen + 1]
     assert chosen + 1 in calls  # the next larger one was measured and failed
     assert len(calls) <= MAX_MEASUREMENTS and len(calls) == len(set(calls))
@@ -39,3 +39,22 @@ def test_nothing_fits_on_the_device():
     with pytest.raises(BudgetInfeasible, match="nothing measured fits"):
         closed_loop(len(TRUE_MS), 5, predicted, measure, budget)
     assert len(calls) <= 2  # the smallest is tried at once, no walk down
+
+
+@pytest.mark.parametrize("margin", [0.0, 5.0, 20.0])
+def test_noise_margin_moves_the_bracket(margin):
+    """A model measured just under the budget is not taken while it is inside the noise margin."""
+    calls = []
+    budget = Budget(latency_ms=10.0, noise_margin_pct=margin)
+
+    def predicted(i):
+        return TRUE_MS[i], 10.0
+
+    def measure(i):
+        calls.append(i)
+        t = TRUE_MS[i]
+        return Measurement(i, i / 10, 100, t, t, t, t, 10.0, 30, 1, measured_fits(t, 10.0, budget), 0.0, "")
+
+    chosen, _ = closed_loop(len(TRUE_MS), 10, predicted, measure, budget)
+    assert TRUE_MS[chosen] <= 10.0 * (1 - margin / 100) < TRUE_MS[chosen + 1]
+    assert chosen == {0.0: 16, 5.0: 15, 20.0: 12}[margin]  # 10.0, 9.5 and 8.0 ms

@@ -188,3 +188,6 @@ def test_fit_int8_on_host(host_profile, tiny_int8_profile, tmp_path):
     assert rows["fp32"]["accuracy"] == d["int8"]["gate"]["fp32_accuracy"] and rows["fp32"]["size_source"] == \
         "model.fp32.onnx"
     assert rows["int8"]["size_mb"] < rows["fp32"]["size_mb"]
+    # paths point into the run directory, not into the temporary folder it was built in
+    assert ".tmp-" not in (out / "fit.json").read_text() and d["int8"]["gate"]["int8_path"] == "model.onnx"
+    assert (out / d["training"]["checkpoint"]).is_file()
