@@ -246,7 +246,7 @@ def _fit_text(d: dict) -> str:
 @click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
 @click.option("--int8-max-drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
               help="Largest INT8 accuracy drop in percentage points.")
-@click.option("--noise-margin", type=click.FloatRange(0, 50, max_open=True), default=5.0, show_default=True,
+@click.option("--noise-margin", type=click.FloatRange(0, 50, max_open=True), default=2.0, show_default=True,
               help="Percent: a measured latency or memory this close under its budget counts as over it.")
 @click.option("--json", "as_json", is_flag=True, help="Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,

@@ -97,7 +97,7 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
         threads: int | None = None, weights: str | Path | None = None, dynamic_batch: bool = False,
         agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int | None = None,
         data: DataOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None,
-        noise_margin_pct: float = 5.0) -> dict:
+        noise_margin_pct: float = 2.0) -> dict:
     """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
     from .models import check_family
     from .targets import load_target

@@ -32,7 +32,7 @@ class Budget:
     latency_ms: float | None = None
     memory_mb: float | None = None
     percentile: int = 50
-    noise_margin_pct: float = 5.0  # a *measured* value this close under a budget counts as over it
+    noise_margin_pct: float = 2.0  # a *measured* value this close under a budget counts as over it
 
     def to_dict(self) -> dict:
         return asdict(self)
