@@ -183,8 +183,9 @@ def precision_table(tgt, family: str, scale, num_classes: int, threads: int, pre
                            f"held-out error {err})")
             except DeployError as exc:  # no profile for this precision: say so, do not guess
                 row["latency_source"] = f"not predicted: {exc}"
+        # model.onnx holds fp32 weights for fp16 runs (TensorRT converts at build time): no fp16 file to size
         file = run / ("model.onnx" if p == precision else "model.fp32.onnx" if p == "fp32" else "")
-        if file.is_file():
+        if file.is_file() and p != "fp16":
             row.update(size_mb=round(file.stat().st_size / 2**20, 3), size_source=file.name)
         else:
             row.update(size_mb=round(cost.weight_bytes[p] / 2**20, 3), size_source="weights only (estimate)")

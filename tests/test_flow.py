@@ -125,6 +125,7 @@ def test_predicted_only_target_is_deterministic(tmp_path):
     rows = {r["precision"]: r for r in da["precisions"]}  # the nano runs fp32 and fp16: both predicted, labelled
     assert "predicted (published profile" in rows["fp16"]["latency_source"] and rows["fp16"]["latency_ms"] > 0
     assert rows["int8"]["latency_ms"] is None and rows["int8"]["size_source"] == "weights only (estimate)"
+    assert rows["fp16"]["size_source"] == "weights only (estimate)"  # model.onnx is fp32; TensorRT makes fp16
     first = (a / "report.md").read_text().splitlines()[2]
     assert "predicted, not measured" in first and "held-out error" in first
 
