@@ -380,9 +380,6 @@ def time_onnx(
     sess = ort_session(model, threads, providers)
     feeds = random_inputs(sess, seed, input_shape)
     outputs = [o.name for o in sess.get_outputs()]
-    if rounds == 1:
-        return time_callable(lambda: sess.run(outputs, feeds), warmup=warmup, min_repeats=min_repeats,
-                             min_time_s=min_time_s, max_time_s=max_time_s, threads=threads)
     samples: list[int] = []
     medians = []
     for r in range(rounds):
@@ -391,7 +388,8 @@ def time_onnx(
                              max_time_s=max_time_s)
         samples += chunk
         medians.append(float(np.median(chunk)) / 1e6)
-    return Timing.from_samples(samples, warmup=warmup, threads=threads, round_p50_ms=tuple(medians))
+    return Timing.from_samples(samples, warmup=warmup, threads=threads,
+                               round_p50_ms=tuple(medians) if rounds > 1 else None)
 
 
 # --- Peak memory ---------------------------------------------------------------------------
