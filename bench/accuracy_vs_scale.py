@@ -24,12 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, save_results  # noqa: E402
-from pipeline.cost import scale_cost  # noqa: E402
-from pipeline.data import load_dataset  # noqa: E402
-from pipeline.export import export_onnx  # noqa: E402
-from pipeline.measure import compare_interleaved, ort_session, random_inputs  # noqa: E402
-from pipeline.scaling import resolve_scale  # noqa: E402
-from pipeline.train import load_checkpoint, train  # noqa: E402
+from pipeline.core.scaling import resolve_scale  # noqa: E402
+from pipeline.cost.trace import scale_cost  # noqa: E402
+from pipeline.data.datasets import load_dataset  # noqa: E402
+from pipeline.export.onnx import export_onnx  # noqa: E402
+from pipeline.measure.timing import compare_interleaved, ort_session, random_inputs  # noqa: E402
+from pipeline.train.trainer import load_checkpoint, train  # noqa: E402
 
 NAME = "accuracy_vs_scale"
 SCOPE = ("DIGITS-SPECIFIC: scikit-learn handwritten digits (8x8 grayscale, 10 classes); "

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save_results  # noqa: E402
 
-from pipeline.cost import scale_cost  # noqa: E402
-from pipeline.scaling import preset  # noqa: E402
+from pipeline.core.scaling import preset  # noqa: E402
+from pipeline.cost.trace import scale_cost  # noqa: E402
 
 if __name__ == "__main__":
     rows = []

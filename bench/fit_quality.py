@@ -18,12 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, save_results  # noqa: E402
 
-from pipeline.export import export_onnx  # noqa: E402
-from pipeline.flow import TIMING, fit  # noqa: E402
-from pipeline.measure import time_onnx  # noqa: E402
+from pipeline.export.onnx import export_onnx  # noqa: E402
+from pipeline.fit.flow import TIMING, fit  # noqa: E402
+from pipeline.fit.search import enumerate_architectures  # noqa: E402
+from pipeline.measure.timing import time_onnx  # noqa: E402
 from pipeline.models import build, initialize  # noqa: E402
-from pipeline.search import enumerate_architectures  # noqa: E402
-from pipeline.targets import load_target  # noqa: E402
+from pipeline.predict.targets import load_target  # noqa: E402
 
 
 def exhaustive(family: str, lo: float, hi: float, threads: int, tmp: Path) -> list[dict]:

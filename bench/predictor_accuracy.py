@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import save_results  # noqa: E402
 
-from pipeline.calibrate import FULL_TIMING, SuiteEntry, calibrate, measure_entry  # noqa: E402
-from pipeline.cost import scale_cost  # noqa: E402
-from pipeline.errors import ProfileMissing  # noqa: E402
-from pipeline.predict import load_predictor  # noqa: E402
-from pipeline.targets import load_target  # noqa: E402
+from pipeline.core.errors import ProfileMissing  # noqa: E402
+from pipeline.cost.trace import scale_cost  # noqa: E402
+from pipeline.fit.calibrate import FULL_TIMING, SuiteEntry, calibrate, measure_entry  # noqa: E402
+from pipeline.predict.predictor import load_predictor  # noqa: E402
+from pipeline.predict.targets import load_target  # noqa: E402
 
 HELD_OUT = (
     SuiteEntry("efficientnet", -1.5), SuiteEntry("efficientnet", 0.7), SuiteEntry("efficientnet", 1.3),

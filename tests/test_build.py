@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from test_trtexec import NEW_KEYS, trace, write_trtexec_json
 from tinymodels import RES, RTX_SKIP_REASON, make_run, read_fit, rtx_importable, tiny_model, tiny_onnx
 
-from pipeline.build import build_run, onnx_opset, trtexec_args
-from pipeline.cli import cli
-from pipeline.errors import EngineMismatch, ExportError, UsageError
-from pipeline.export import parity
-from pipeline.quantize import quantize_onnx
+from pipeline.cli.commands import cli
+from pipeline.core.errors import EngineMismatch, ExportError, UsageError
+from pipeline.engine.build import build_run, onnx_opset, trtexec_args
+from pipeline.engine.trtexec import record_trtexec_times
+from pipeline.export.onnx import parity
+from pipeline.export.quantize import quantize_onnx
 from pipeline.runtimes.tensorrt import TensorRT, check_engine
-from pipeline.trtexec import record_trtexec_times
 
 NANO = {"name": "NVIDIA Tegra X1", "compute_capability": "5.3"}
 

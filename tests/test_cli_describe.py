@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import __version__
-from pipeline.cli import cli
+from pipeline.cli.commands import cli
 
 KEYS = {"family", "phi", "phi_depth", "phi_width", "phi_resolution", "depth_multiplier", "width_multiplier",
         "resolution", "params", "macs", "weight_bytes", "activation_bytes", "stages"}

@@ -1,8 +1,8 @@
 import pytest
 
-from pipeline.closed_loop import MAX_MEASUREMENTS, Measurement, closed_loop, measured_fits
-from pipeline.errors import BudgetInfeasible
-from pipeline.search import Budget
+from pipeline.core.errors import BudgetInfeasible
+from pipeline.fit.search import Budget
+from pipeline.measure.loop import MAX_MEASUREMENTS, Measurement, closed_loop, measured_fits
 
 TRUE_MS = [2.0 + 0.5 * i for i in range(40)]  # the device: 2.0, 2.5, ... ms
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.cost import BYTES_PER_ELEMENT, model_cost, peak_activation_bytes, scale_cost
+from pipeline.core.scaling import CompoundScaling, preset
+from pipeline.cost.trace import BYTES_PER_ELEMENT, model_cost, peak_activation_bytes, scale_cost
 from pipeline.models import FAMILIES, build, initialize
-from pipeline.scaling import CompoundScaling, preset
 
 PHI_GRID = np.arange(-3.0, 6.01, 0.5)
 
@@ -56,7 +56,7 @@ def test_batchnorm_and_relu_are_fused_into_conv():
 
 
 def test_peak_activation_liveness_walk_on_a_known_chain():
-    from pipeline.cost import make_op
+    from pipeline.cost.trace import make_op
 
     # input(100 B) -> a(400 B) -> b(40 B); a and input are live together, then a and b.
     a = make_op("activation", "relu", "s", [(1, 25)], (1, 100), (0,), 1)

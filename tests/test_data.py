@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import (
+from pipeline.core.errors import DataInvalid, DataNotFound, DeployError
+from pipeline.data.datasets import (
     DIGITS_RESOLUTION,
     Preprocess,
     batches,
@@ -16,7 +17,6 @@ from pipeline.data import (
     load_image_folder,
     load_npz,
 )
-from pipeline.errors import DataInvalid, DataNotFound, DeployError
 
 
 def write_png(path, size=(10, 12), mode="RGB", value=128):

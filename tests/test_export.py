@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import pipeline
-from pipeline.errors import ExportError, ModelInvalid, UnknownName
-from pipeline.export import (
+from pipeline.core.errors import ExportError, ModelInvalid, UnknownName
+from pipeline.core.scaling import CompoundScaling
+from pipeline.export.onnx import (
     DEFAULT_OPSET,
     PARITY_TOLERANCES,
     ExportResult,
@@ -27,9 +28,8 @@ from pipeline.export import (
     onnx_io,
     parity,
 )
-from pipeline.measure import ort_session
+from pipeline.measure.timing import ort_session
 from pipeline.models import FAMILIES, build, initialize
-from pipeline.scaling import CompoundScaling
 
 SMALL = CompoundScaling().per_dimension(-3, -3, -4)  # resolution 128, a fraction of B0's width/depth
 CLASSES = 10

@@ -6,10 +6,10 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from pipeline.calibrate import SuiteEntry, calibrate
-from pipeline.cli import cli
-from pipeline.measure import time_onnx
-from pipeline.targets import host_profile_path, load_target
+from pipeline.cli.commands import cli
+from pipeline.fit.calibrate import SuiteEntry, calibrate
+from pipeline.measure.timing import time_onnx
+from pipeline.predict.targets import host_profile_path, load_target
 
 TINY_SUITE = tuple(SuiteEntry(f, p) for f in ("efficientnet", "resnet18") for p in (-4.0, -3.5, -3.0)) + (
     SuiteEntry("efficientnet", dims=(-4, -4, -2)), SuiteEntry("resnet18", dims=(-4, -3, -4)),

@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import measure
-from pipeline.errors import DeployError, ModelInvalid
-from pipeline.measure import (
+from pipeline.core.errors import DeployError, ModelInvalid
+from pipeline.measure import timing as measure
+from pipeline.measure.timing import (
     MemoryResult,
     Timing,
     compare_interleaved,
@@ -56,9 +56,9 @@ def small_onnx(tmp_path_factory):
 @pytest.fixture(scope="module")
 def family_onnx(tmp_path_factory):
     """A real exported family model (MobileNetV2 at φ=-3), via the project's exporter."""
-    from pipeline.export import export_onnx
+    from pipeline.core.scaling import CompoundScaling
+    from pipeline.export.onnx import export_onnx
     from pipeline.models import build, initialize
-    from pipeline.scaling import CompoundScaling
 
     model = initialize(build("mobilenetv2", CompoundScaling().compound(-3), num_classes=10), seed=0)
     path = tmp_path_factory.mktemp("onnx") / "mobilenetv2.onnx"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import FamilyNotFound
+from pipeline.core.errors import FamilyNotFound
+from pipeline.core.scaling import CompoundScaling, preset
 from pipeline.models import FAMILIES, build, initialize
-from pipeline.scaling import CompoundScaling, preset
 
 PUBLISHED_PARAMS = {  # torchvision weight metadata, 1000 classes
     "b0": 5_288_548, "b1": 7_794_184, "b2": 9_109_994, "b3": 12_233_232,

@@ -3,14 +3,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.calibrate import FULL_SUITE, SuiteEntry, calibrate
-from pipeline.cli import cli
-from pipeline.cost import scale_cost
-from pipeline.errors import ProfileMismatch, ProfileMissing
-from pipeline.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
-from pipeline.predict import Predictor, check_host_profile, load_predictor
-from pipeline.profile import Profile, save_profile
-from pipeline.targets import host_machine, host_profile_path, load_target
+from pipeline.cli.commands import cli
+from pipeline.core.errors import ProfileMismatch, ProfileMissing
+from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
+from pipeline.cost.trace import scale_cost
+from pipeline.fit.calibrate import FULL_SUITE, SuiteEntry, calibrate
+from pipeline.predict.predictor import Predictor, check_host_profile, load_predictor
+from pipeline.predict.profile import Profile, save_profile
+from pipeline.predict.targets import host_machine, host_profile_path, load_target
 
 TRUE_LATENCY = {"conv_gmacs": 40.0, "pwconv_gmacs": 25.0, "dwconv_gmacs": 90.0, "eltwise_mb": 0.05, "ops": 0.01,
                 "const": 0.3}
@@ -97,9 +97,9 @@ def test_predict_cli_keys_and_provenance(tmp_path):
 
 
 def test_predict_from_onnx_matches_the_built_model(tmp_path):
-    from pipeline.export import export_onnx
+    from pipeline.core.scaling import CompoundScaling
+    from pipeline.export.onnx import export_onnx
     from pipeline.models import build, initialize
-    from pipeline.scaling import CompoundScaling
 
     save_profile(synthetic_profile(), host_profile_path("fp32", 1))
     scale = CompoundScaling().compound(-2)
@@ -115,7 +115,7 @@ def test_predict_from_onnx_matches_the_built_model(tmp_path):
 
 def test_published_profile_predictions_say_so():
     pred = load_predictor(load_target("rtx-4090"), "fp16")
-    p = pred.predict(scale_cost("resnet50", __import__("pipeline.scaling").scaling.CompoundScaling().compound(0)))
+    p = pred.predict(scale_cost("resnet50", __import__("pipeline.core.scaling").scaling.CompoundScaling().compound(0)))
     assert p.provenance == "roofline" and p.heldout_error_pct is None and "roofline" in p.note
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import DeployError, ProfileInvalid, ProfileMissing
-from pipeline.paths import project_root
-from pipeline.profile import FAMILIES, Profile, load_profile, now_iso, save_profile
-from pipeline.targets import load_target
+from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMissing
+from pipeline.core.paths import project_root
+from pipeline.predict.profile import FAMILIES, Profile, load_profile, now_iso, save_profile
+from pipeline.predict.targets import load_target
 
 CALIBRATION = project_root() / "calibration"
 SHIPPED = sorted(CALIBRATION.glob("*/*.json"))

@@ -11,8 +11,7 @@ import pytest
 from onnx import numpy_helper
 from tinymodels import RES, RTX_SKIP_REASON, digits_classifier, rtx_importable, tiny_onnx
 
-from pipeline.build import is_trt_qdq
-from pipeline.errors import (
+from pipeline.core.errors import (
     BackendUnavailable,
     DataInvalid,
     EngineBuildFailed,
@@ -20,7 +19,8 @@ from pipeline.errors import (
     UsageError,
     VerificationFailed,
 )
-from pipeline.quantize import (
+from pipeline.engine.build import is_trt_qdq
+from pipeline.export.quantize import (
     calibration_batches,
     int8_accuracy_gate,
     layer_sensitivity,

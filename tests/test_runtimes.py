@@ -17,8 +17,8 @@ from onnx import TensorProto, helper
 from tinymodels import CLASSES, RES, RTX_SKIP_REASON, rtx_importable, tiny_model, tiny_onnx
 
 import pipeline.runtimes.tensorrt as trtmod
-from pipeline.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, UnknownName, UsageError
-from pipeline.measure import Timing
+from pipeline.core.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, UnknownName, UsageError
+from pipeline.measure.timing import Timing
 from pipeline.runtimes import RUNTIME_NAMES, get_runtime
 from pipeline.runtimes.onnxruntime import OnnxRuntime, is_quantized
 from pipeline.runtimes.tensorrt import TensorRT, check_engine, cuda_device, normalize_version, write_sidecar

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from pipeline.errors import InvalidScale, PresetNotFound
-from pipeline.scaling import (
+from pipeline.core.errors import InvalidScale, PresetNotFound
+from pipeline.core.scaling import (
     PRESETS,
     CompoundScaling,
     make_divisible,

@@ -1,10 +1,10 @@
 import pytest
 
-from pipeline.cost import scale_cost
-from pipeline.errors import BudgetInfeasible
+from pipeline.core.errors import BudgetInfeasible
+from pipeline.core.scaling import CompoundScaling
+from pipeline.cost.trace import scale_cost
+from pipeline.fit.search import Budget, enumerate_architectures, search
 from pipeline.models import signature
-from pipeline.scaling import CompoundScaling
-from pipeline.search import Budget, enumerate_architectures, search
 
 
 @pytest.fixture(scope="module")

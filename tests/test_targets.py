@@ -11,10 +11,10 @@ import pytest
 import tomllib
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.errors import TargetInvalid, TargetNotFound, UsageError
-from pipeline.paths import edgefit_home, project_root
-from pipeline.targets import (
+from pipeline.cli.commands import cli
+from pipeline.core.errors import TargetInvalid, TargetNotFound, UsageError
+from pipeline.core.paths import edgefit_home, project_root
+from pipeline.predict.targets import (
     Target,
     host_machine,
     host_machine_key,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.data import Preprocess, load_dataset
-from pipeline.errors import ModelInvalid, UsageError
+from pipeline.cli.commands import cli
+from pipeline.core.errors import ModelInvalid, UsageError
+from pipeline.core.scaling import CompoundScaling, resolve_scale
+from pipeline.data.datasets import Preprocess, load_dataset
 from pipeline.models import build
-from pipeline.scaling import CompoundScaling, resolve_scale
-from pipeline.train import (
+from pipeline.train.trainer import (
     distillation_loss,
     inherit_weights,
     init_for_training,

@@ -1,8 +1,8 @@
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.units import parse_duration_ms, parse_size_mib
+from pipeline.cli.commands import cli
+from pipeline.core.units import parse_duration_ms, parse_size_mib
 
 
 @pytest.mark.parametrize("text, ms", [("20ms", 20.0), ("500us", 0.5), ("0.02s", 20.0), ("20 ms", 20.0),

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from pipeline.cli import cli
-from pipeline.data import load_dataset
-from pipeline.errors import EXIT_VERIFICATION, ModelInvalid, VerificationFailed
-from pipeline.export import export_onnx
-from pipeline.scaling import resolve_scale
-from pipeline.train import load_checkpoint, train
-from pipeline.verify import VerifyReport, verify_accuracy
+from pipeline.cli.commands import cli
+from pipeline.core.errors import EXIT_VERIFICATION, ModelInvalid, VerificationFailed
+from pipeline.core.scaling import resolve_scale
+from pipeline.data.datasets import load_dataset
+from pipeline.export.onnx import export_onnx
+from pipeline.train.trainer import load_checkpoint, train
+from pipeline.train.verify import VerifyReport, verify_accuracy
 
 
 @pytest.fixture(scope="module")

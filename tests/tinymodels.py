@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.export import export_onnx
+from pipeline.core.scaling import CompoundScaling
+from pipeline.export.onnx import export_onnx
 from pipeline.models import build, initialize
-from pipeline.scaling import CompoundScaling
 
 PHI = -4.0
 RES = 32  # what builtin:digits trains at: tiny inputs keep every test fast
@@ -91,7 +91,7 @@ def digits_classifier() -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray]:
     """
     import tempfile
 
-    from pipeline.quantize import _dataset_arrays, calibration_batches, validation_set
+    from pipeline.export.quantize import _dataset_arrays, calibration_batches, validation_set
 
     x_train, y_train = _dataset_arrays("builtin:digits", 8, None, seed=0, split="train")
     x_val, y_val = validation_set("builtin:digits", 8)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import FamilyNotFound
-from ..scaling import Scale
-from .base import ScalableNet, StageSpec
-from .efficientnet import EfficientNet
-from .mobilenetv2 import MobileNetV2
-from .resnet import ResNet18, ResNet50
+from pipeline.core.errors import FamilyNotFound
+from pipeline.core.scaling import Scale
+from pipeline.models.base import ScalableNet, StageSpec
+from pipeline.models.efficientnet import EfficientNet
+from pipeline.models.mobilenetv2 import MobileNetV2
+from pipeline.models.resnet import ResNet18, ResNet50
 
 FAMILIES: dict[str, type[ScalableNet]] = {
     cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet50)

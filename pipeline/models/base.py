@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..scaling import Scale
+from pipeline.core.scaling import Scale
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..scaling import Scale, make_divisible, round_repeats
-from .base import ScalableNet, StageSpec
-from .blocks import MBConv, conv_bn_act
+from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.models.base import ScalableNet, StageSpec
+from pipeline.models.blocks import MBConv, conv_bn_act
 
 # expand, kernel, stride, in channels, out channels, repeats (B0)
 BASE_STAGES = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..scaling import Scale, make_divisible, round_repeats
-from .base import ScalableNet, StageSpec
-from .blocks import InvertedResidual, conv_bn_act
+from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.models.base import ScalableNet, StageSpec
+from pipeline.models.blocks import InvertedResidual, conv_bn_act
 
 # expand t, channels c, repeats n, stride s (the paper's Table 2)
 BASE_STAGES = [

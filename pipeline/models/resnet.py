@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..scaling import Scale, make_divisible, round_repeats
-from .base import ScalableNet, StageSpec
-from .blocks import BasicBlock, Bottleneck, conv_bn_act
+from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.models.base import ScalableNet, StageSpec
+from pipeline.models.blocks import BasicBlock, Bottleneck, conv_bn_act
 
 PLANES = (64, 128, 256, 512)
 STEM = 64

@@ -6,6 +6,6 @@ when a runtime is used, so importing this package needs none of them.
 
 from __future__ import annotations
 
-from .base import PRECISIONS, RUNTIME_NAMES, Runtime, Session, check_precision, get_runtime
+from pipeline.runtimes.base import PRECISIONS, RUNTIME_NAMES, Runtime, Session, check_precision, get_runtime
 
 __all__ = ["PRECISIONS", "RUNTIME_NAMES", "Runtime", "Session", "check_precision", "get_runtime"]

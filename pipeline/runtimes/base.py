@@ -4,7 +4,7 @@ A :class:`Runtime` says whether it can run here (:meth:`Runtime.available`), tur
 ONNX file into its own deployable artifact (:meth:`Runtime.build`: the ONNX file itself
 for ONNX Runtime, a serialized engine for TensorRT) and loads that artifact into a
 :class:`Session` that runs batches and times itself with the project's one timing
-harness (:func:`pipeline.measure.time_callable`).
+harness (:func:`pipeline.measure.timing.time_callable`).
 
 Heavy or optional libraries (onnxruntime, tensorrt, tensorrt_rtx, CUDA) are imported
 inside methods only, so importing this package never needs them.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, UnknownName
+from pipeline.core.errors import BackendUnavailable, UnknownName
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -45,8 +45,8 @@ class Session(abc.ABC):
 
     def time(self, inputs: np.ndarray | None = None, *, warmup: int = 10, min_repeats: int = 30,
              min_time_s: float = 1.0, max_time_s: float | None = None, seed: int = 0):
-        """Latency of :meth:`run` on ``inputs`` (default :meth:`example_input`): a :class:`~pipeline.measure.Timing`."""
-        from ..measure import time_callable
+        """Latency of :meth:`run` on ``inputs`` (default :meth:`example_input`): a ``Timing``."""
+        from pipeline.measure.timing import time_callable
 
         x = self.example_input(seed) if inputs is None else np.ascontiguousarray(inputs, dtype=np.float32)
         return time_callable(lambda: self.run(x), warmup=warmup, min_repeats=min_repeats, min_time_s=min_time_s,
@@ -107,8 +107,8 @@ def check_precision(precision: str) -> str:
 
 def get_runtime(name: str, **kw) -> Runtime:
     """``onnxruntime`` (CPU), ``onnxruntime-cuda``, ``tensorrt`` or ``tensorrt-rtx``."""
-    from .onnxruntime import OnnxRuntime, OnnxRuntimeCUDA
-    from .tensorrt import TensorRT
+    from pipeline.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeCUDA
+    from pipeline.runtimes.tensorrt import TensorRT
 
     factories = {
         "onnxruntime": lambda: OnnxRuntime(**kw),

@@ -2,9 +2,9 @@
 
 ONNX Runtime runs ONNX files directly, so "building" is only a precision conversion:
 fp32 is the file itself, fp16 is a converted copy (inputs/outputs stay float32), and
-int8 must already be a QDQ model made by :func:`pipeline.quantize.quantize_onnx`,
+int8 must already be a QDQ model made by :func:`pipeline.export.quantize.quantize_onnx`,
 because static quantization needs calibration data that a build step does not have.
-Sessions are configured by :func:`pipeline.measure.ort_session`, the same settings
+Sessions are configured by :func:`pipeline.measure.timing.ort_session`, the same settings
 every measurement in edgefit uses.
 """
 
@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, ModelInvalid, UsageError
-from .base import Runtime, Session, check_precision
+from pipeline.core.errors import BackendUnavailable, ModelInvalid, UsageError
+from pipeline.runtimes.base import Runtime, Session, check_precision
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
 class OrtSession(Session):
     def __init__(self, model: str | Path | bytes, threads: int, providers: tuple[str, ...], runtime: str):
-        from ..measure import ort_session
+        from pipeline.measure.timing import ort_session
 
         self.sess = ort_session(model, threads, providers)
         self.providers = tuple(self.sess.get_providers())
@@ -98,7 +98,7 @@ class OnnxRuntime(Runtime):
             return convert_fp16(onnx_path, out_dir / f"{onnx_path.stem}.fp16.onnx")
         if precision == "int8" and not is_quantized(onnx_path):
             raise UsageError(f"{onnx_path} is not quantized; int8 for ONNX Runtime needs calibration data: "
-                             "make a QDQ model with pipeline.quantize.quantize_onnx (deploy fit --precision int8).")
+                             "make a QDQ model with `deploy fit --precision int8`.")
         dest = out_dir / onnx_path.name
         if dest.resolve() != onnx_path.resolve():
             shutil.copyfile(onnx_path, dest)
@@ -119,7 +119,7 @@ class OnnxRuntimeCUDA(OnnxRuntime):
         ok, why = super().available()
         if not ok:
             return False, f"{why} Install onnxruntime-gpu on a machine with an NVIDIA GPU."
-        from .tensorrt import cuda_device
+        from pipeline.runtimes.tensorrt import cuda_device
 
         dev = cuda_device()
         if dev is None:

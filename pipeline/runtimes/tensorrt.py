@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, ModelInvalid, UsageError
-from .base import Runtime, Session, check_precision
+from pipeline.core.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, ModelInvalid, UsageError
+from pipeline.runtimes.base import Runtime, Session, check_precision
 
 SIDECAR_SCHEMA = 1
 FLAVOURS = {
@@ -152,7 +152,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    from ..paths import atomic_write
+    from pipeline.core.paths import atomic_write
 
     atomic_write(path, data)
 
@@ -279,7 +279,7 @@ def parser_errors(parser, onnx_nodes: list | None = None) -> list[str]:
 
 def default_timing_cache(flavour: str, version: str, device: Mapping | None) -> Path:
     """Per-machine timing cache, reused across builds: ``edgefit_home()/tensorrt/<flavour>-<version>-<gpu>.cache``."""
-    from ..paths import edgefit_home
+    from pipeline.core.paths import edgefit_home
 
     gpu = re.sub(r"[^a-z0-9]+", "-", (device or {}).get("name", "nogpu").lower()).strip("-")
     return edgefit_home() / "tensorrt" / f"{flavour}-{version}-{gpu}.cache"
@@ -341,7 +341,7 @@ class TensorRT(Runtime):
 
         * precision: classic TensorRT sets the FP16/INT8 builder flags. int8 needs a QDQ
           model (explicit quantization) or an ``IInt8EntropyCalibrator2`` (``calibrator``,
-          see :func:`pipeline.quantize.make_entropy_calibrator`). TensorRT-RTX is strongly
+          see :func:`pipeline.export.quantize.make_entropy_calibrator`). TensorRT-RTX is strongly
           typed: fp16 builds from an fp16 copy of the model, int8 needs a QDQ model.
         * workspace limit: ``workspace_mb``, else ``target.trt_workspace_mb``, else 1024 MiB.
         * timing cache (classic TensorRT): ``timing_cache`` path (default: per machine
@@ -365,14 +365,14 @@ class TensorRT(Runtime):
         device = self.device()
         rtx = self.flavour == "tensorrt-rtx"
         out_dir.mkdir(parents=True, exist_ok=True)
-        from .onnxruntime import convert_fp16, is_quantized
+        from pipeline.runtimes.onnxruntime import convert_fp16, is_quantized
 
         quantized = is_quantized(onnx_path)
         source = onnx_path
         if precision == "int8" and not quantized and (rtx or calibrator is None):
             raise UsageError(
-                "int8 needs a QDQ model (pipeline.quantize.quantize_onnx(..., runtime='tensorrt'))"
-                + ("" if rtx else " or an INT8 calibrator (pipeline.quantize.make_entropy_calibrator)")
+                "int8 needs a QDQ model (pipeline.export.quantize.quantize_onnx(..., runtime='tensorrt'))"
+                + ("" if rtx else " or an INT8 calibrator (pipeline.export.quantize.make_entropy_calibrator)")
                 + f"; {onnx_path.name} has no QuantizeLinear/DequantizeLinear nodes.")
         if rtx and precision == "fp16" and not quantized:
             source = convert_fp16(onnx_path, out_dir / f"{onnx_path.stem}.fp16.onnx")
