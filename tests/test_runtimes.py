@@ -18,9 +18,11 @@ from tinymodels import CLASSES, RES, RTX_SKIP_REASON, rtx_importable, tiny_model
 
 import pipeline.runtimes.tensorrt as trtmod
 from pipeline.core.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, UnknownName, UsageError
+from pipeline.core.io import sha256_file
 from pipeline.measure.timing import Timing
-from pipeline.runtimes import RUNTIME_NAMES, get_runtime
-from pipeline.runtimes.onnxruntime import OnnxRuntime, is_quantized
+from pipeline.runtimes.convert import is_quantized
+from pipeline.runtimes.onnxruntime import OnnxRuntime
+from pipeline.runtimes.registry import RUNTIME_NAMES, get_runtime
 from pipeline.runtimes.tensorrt import TensorRT, check_engine, cuda_device, normalize_version, write_sidecar
 
 needs_rtx = pytest.mark.skipif(not rtx_importable(), reason=RTX_SKIP_REASON)
@@ -170,7 +172,7 @@ def test_rtx_parses_and_builds_an_engine(onnx_path, tmp_path, precision):
     assert engine.stat().st_size == info["engine_bytes"] > 10_000
     assert info["runtime"] == "tensorrt-rtx" and info["tensorrt_version"] == rt.version()
     assert info["precision"] == precision and info["layers"] > 10 and info["workspace_mb"] == 256
-    assert info["onnx_sha256"] == trtmod.sha256_file(onnx_path) and info["build_seconds"] > 0
+    assert info["onnx_sha256"] == sha256_file(onnx_path) and info["build_seconds"] > 0
     assert info["timing_cache"] is None and "no-op" in info["timing_cache_note"]
     assert info["built_from"] == ("model.fp16.onnx" if precision == "fp16" else "model.onnx")
 

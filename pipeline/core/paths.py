@@ -49,25 +49,3 @@ def edgefit_home() -> Path:
 
 
 __all__ = ["edgefit_home", "project_root"]
-
-
-def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``.
-
-    A crash or error mid-write leaves the previous file untouched: every artifact edgefit
-    writes (fit.json, engines, sidecars) goes through here.
-    """
-    import os
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
 import pickle
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -352,6 +351,7 @@ _CACHE_VERSION = 1  # bump when Op or the tracer changes
 @functools.lru_cache(maxsize=256)
 def _topology_cost(family: str, plan: tuple, num_classes: int, scale: Scale) -> Cost:
     """Trace once per plan; kept in memory and under edgefit_home()/cache so later runs skip tracing."""
+    from pipeline.core.io import atomic_write
     from pipeline.core.paths import edgefit_home
 
     key = hashlib.sha256(repr((_CACHE_VERSION, torch.__version__, family, plan, num_classes,
@@ -365,12 +365,8 @@ def _topology_cost(family: str, plan: tuple, num_classes: int, scale: Scale) -> 
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
         pass  # missing or stale cache entry: trace again
     cost = model_cost(build(family, scale, num_classes, device="meta"))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(cost, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+    try:  # each entry is written whole or not at all, so concurrent writers need no lock
+        atomic_write(path, lambda fh: pickle.dump(cost, fh, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError:
         pass  # a read-only home only costs speed
     return cost

@@ -155,7 +155,7 @@ def onnx_for_target(run_dir: str | Path, fit: dict, target, source: str | Path |
     opset, cap = onnx_opset(src), int(target.max_onnx_opset)
     if opset <= cap:
         return src, {"onnx": src.name, "opset": opset, "max_onnx_opset": cap, "reexported": False}
-    from pipeline.runtimes.onnxruntime import is_quantized
+    from pipeline.runtimes.convert import is_quantized
 
     if is_quantized(src):
         raise ExportError(f"{src.name} is a quantized (QDQ) model at opset {opset}, above the {cap} that "
@@ -223,7 +223,7 @@ def is_trt_qdq(path: str | Path) -> bool:
 
 def _int8_inputs(run_dir: Path, fit: dict) -> dict:
     """Where int8 comes from: an explicit QDQ model (symmetric s8/s8) or an fp32 model plus a calibration cache."""
-    from pipeline.runtimes.onnxruntime import is_quantized
+    from pipeline.runtimes.convert import is_quantized
 
     artifacts = fit.get("artifacts") or {}
     qdq = artifacts.get("onnx_int8_tensorrt")
@@ -364,18 +364,15 @@ echo "next, on the machine with edgefit: deploy verify <run dir> --trtexec-times
 
 def write_script(run_dir: str | Path, target, precision: str, onnx: Path, *, calibration_cache: Path | None = None,
                  timing: dict | None = None, reason: str = "") -> Path:
-    from pipeline.runtimes.tensorrt import sha256_file
+    from pipeline.core.io import atomic_write, sha256_file
 
     run_dir = Path(run_dir)
     text = render_script(target=target, precision=precision, onnx=onnx.name, onnx_sha256=sha256_file(onnx),
                          workspace_mb=int(target.trt_workspace_mb or 1024), run_name=run_dir.name,
                          calibration_cache=calibration_cache.name if calibration_cache else None, timing=timing,
                          reason=reason)
-    path = run_dir / SCRIPT_NAME
-    tmp = path.with_name(f".{SCRIPT_NAME}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    path = atomic_write(run_dir / SCRIPT_NAME, text)
+    path.chmod(0o755)
     return path
 
 

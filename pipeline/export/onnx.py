@@ -33,9 +33,7 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable
@@ -48,6 +46,7 @@ import onnx
 import torch
 
 from pipeline.core.errors import ExportError, ModelInvalid, UnknownName
+from pipeline.core.io import atomic_writer
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
@@ -302,18 +301,10 @@ def export_onnx(
     if proto.ByteSize() > PROTOBUF_LIMIT:
         raise ExportError(f"{label} is larger than 2 GB; edgefit writes single-file ONNX models only.")
     data = proto.SerializeToString(deterministic=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _check(tmp, opset=opset, input_name=input_name, output_name=output_name, input_shape=input_shape)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as f:  # checked before it replaces anything
+        f.write(data)
+        f.flush()
+        _check(Path(f.name), opset=opset, input_name=input_name, output_name=output_name, input_shape=input_shape)
     return ExportResult(
         path=path,
         opset=opset,

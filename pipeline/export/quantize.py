@@ -37,8 +37,6 @@ import contextlib
 import io
 import logging
 import math
-import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -58,6 +56,7 @@ from pipeline.core.errors import (
     UsageError,
     VerificationFailed,
 )
+from pipeline.core.io import atomic_write
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_RUNTIMES = ("onnxruntime", "tensorrt")
@@ -371,9 +370,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
             raise ModelInvalid(f"quantizing {fp32_path.name} inserted no QuantizeLinear node: nothing was quantized "
                                "(every quantizable node excluded?).")
         fused, left = ort_fused_ops(tmp_out, threads) if runtime == "onnxruntime" else ({}, {})
-        staging = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-        shutil.copyfile(tmp_out, staging)
-        os.replace(staging, out_path)
+        atomic_write(out_path, tmp_out.read_bytes())
     s = _settings(runtime)
     return QuantizeResult(
         path=str(out_path), fp32_path=str(fp32_path), runtime=runtime, method=method,
@@ -625,10 +622,7 @@ def make_entropy_calibrator(calibration_inputs: Any, cache_path: str | Path, *, 
             return self.cache_path.read_bytes() if self.cache_path.is_file() else None
 
         def write_calibration_cache(self, cache):
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".{self.cache_path.name}.tmp")
-            tmp.write_bytes(bytes(cache))
-            os.replace(tmp, self.cache_path)
+            atomic_write(self.cache_path, bytes(cache))
 
     return EdgefitEntropyCalibrator()
 

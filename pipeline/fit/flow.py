@@ -7,7 +7,6 @@ an earlier good one (``--force`` replaces it only once the new run is complete).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -176,9 +175,9 @@ def _relative_paths(data, run: Path):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from pipeline.core.paths import atomic_write
+    from pipeline.core.io import write_json
 
-    atomic_write(path, json.dumps(data, indent=2) + "\n")
+    write_json(path, data)
 
 
 def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,

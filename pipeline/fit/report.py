@@ -119,6 +119,6 @@ def write_report(fit: dict, run_dir: Path) -> Path:
               "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {f['phi']:g} | {f['phi_max']:g} | {f['resolution']} | {f['params']:,} | {f['macs'] / 1e6:.1f} | "
               f"{f['latency_ms']:.2f} | {f['memory_mb']:.1f} | {f['fits']} |" for f in fit["frontier"]]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    from pipeline.core.io import atomic_write
+
+    return atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")

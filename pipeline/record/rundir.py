@@ -42,9 +42,9 @@ def read_fit(run_dir: str | Path) -> dict:
 
 def write_fit(run_dir: str | Path, data: dict) -> Path:
     """Write ``fit.json`` atomically (temp file in the same directory + ``os.replace``)."""
-    from pipeline.core.paths import atomic_write
+    from pipeline.core.io import write_json
 
-    return atomic_write(fit_path(run_dir), json.dumps(data, indent=2) + "\n")
+    return write_json(fit_path(run_dir), data)
 
 
 __all__ = ["FIT_JSON", "fit_path", "read_fit", "write_fit"]

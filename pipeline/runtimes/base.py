@@ -105,22 +105,4 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def get_runtime(name: str, **kw) -> Runtime:
-    """``onnxruntime`` (CPU), ``onnxruntime-cuda``, ``tensorrt`` or ``tensorrt-rtx``."""
-    from pipeline.runtimes.onnxruntime import OnnxRuntime, OnnxRuntimeCUDA
-    from pipeline.runtimes.tensorrt import TensorRT
-
-    factories = {
-        "onnxruntime": lambda: OnnxRuntime(**kw),
-        "onnxruntime-cuda": lambda: OnnxRuntimeCUDA(**kw),
-        "tensorrt": lambda: TensorRT("tensorrt", **kw),
-        "tensorrt-rtx": lambda: TensorRT("tensorrt-rtx", **kw),
-    }
-    if name not in factories:
-        raise UnknownName("runtime", name, list(factories))
-    return factories[name]()
-
-
-RUNTIME_NAMES = ("onnxruntime", "onnxruntime-cuda", "tensorrt", "tensorrt-rtx")
-
-__all__ = ["PRECISIONS", "RUNTIME_NAMES", "Runtime", "Session", "check_precision", "get_runtime"]
+__all__ = ["PRECISIONS", "Runtime", "Session", "check_precision"]

@@ -20,8 +20,7 @@ import numpy as np
 
 from pipeline.core.errors import BackendUnavailable, ModelInvalid, UsageError
 from pipeline.runtimes.base import Runtime, Session, check_precision
-
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+from pipeline.runtimes.convert import convert_fp16, is_quantized
 
 
 class OrtSession(Session):
@@ -41,30 +40,6 @@ class OrtSession(Session):
         feed = dict(inputs) if isinstance(inputs, Mapping) else {self.input_name: inputs}
         feed = {k: np.ascontiguousarray(v, dtype=self.input_dtype) for k, v in feed.items()}
         return np.asarray(self.sess.run([self.output_name], feed)[0], dtype=np.float32)
-
-
-def is_quantized(onnx_path: str | Path) -> bool:
-    """True when the model holds QuantizeLinear/DequantizeLinear nodes (a QDQ model)."""
-    import onnx
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    return any(n.op_type in QDQ_OPS for n in proto.graph.node)
-
-
-def convert_fp16(onnx_path: str | Path, out_path: str | Path) -> Path:
-    """An fp16 copy of an fp32 ONNX model; inputs and outputs stay float32 (Cast nodes at the edges)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    out_path = Path(out_path)
-    try:
-        proto = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    except Exception as exc:  # noqa: BLE001 - the converter raises assorted types
-        raise ModelInvalid(f"cannot convert {onnx_path} to fp16: {exc}") from None
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out_path)
-    return out_path
 
 
 class OnnxRuntime(Runtime):
@@ -119,7 +94,7 @@ class OnnxRuntimeCUDA(OnnxRuntime):
         ok, why = super().available()
         if not ok:
             return False, f"{why} Install onnxruntime-gpu on a machine with an NVIDIA GPU."
-        from pipeline.runtimes.tensorrt import cuda_device
+        from pipeline.runtimes.cuda import cuda_device
 
         dev = cuda_device()
         if dev is None:

@@ -26,7 +26,6 @@ package is needed to know which GPU is present.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import importlib
 import importlib.metadata
@@ -43,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, ModelInvalid, UsageError
+from pipeline.core.io import atomic_write, file_lock, sha256_file
 from pipeline.runtimes.base import Runtime, Session, check_precision
+from pipeline.runtimes.cuda import cuda_device
 
 SIDECAR_SCHEMA = 1
 FLAVOURS = {
@@ -86,43 +87,6 @@ def import_trt(flavour: str):
         raise BackendUnavailable(f"{flavour} is not importable here ({type(exc).__name__}: {exc}); {how}.") from None
 
 
-_CUDA_ATTR_CC_MAJOR, _CUDA_ATTR_CC_MINOR = 75, 76
-
-
-def cuda_device(index: int = 0) -> dict | None:
-    """``{"name", "compute_capability", "index"}`` of CUDA device ``index`` via the driver API, or None.
-
-    Uses ``libcuda`` through ctypes (present wherever an NVIDIA driver is, Jetson included),
-    so it needs no CUDA Python package. ``CUDA_VISIBLE_DEVICES`` applies as usual.
-    """
-    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(lib)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    try:
-        if cuda.cuInit(0) != 0:
-            return None
-        count = ctypes.c_int(0)
-        if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= index:
-            return None
-        dev = ctypes.c_int(0)
-        if cuda.cuDeviceGet(ctypes.byref(dev), index) != 0:
-            return None
-        name = ctypes.create_string_buffer(256)
-        cuda.cuDeviceGetName(name, 256, dev)
-        major, minor = ctypes.c_int(0), ctypes.c_int(0)
-        cuda.cuDeviceGetAttribute(ctypes.byref(major), _CUDA_ATTR_CC_MAJOR, dev)
-        cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CUDA_ATTR_CC_MINOR, dev)
-    except (AttributeError, OSError):
-        return None
-    return {"name": name.value.decode(errors="replace").strip(), "compute_capability": f"{major.value}.{minor.value}",
-            "index": index}
-
-
 def _cc_tuple(cc: str) -> tuple[int, int]:
     major, _, minor = str(cc).partition(".")
     return int(major), int(minor or 0)
@@ -143,20 +107,6 @@ def _version_key(version: str, parts: int = 3) -> tuple[int, ...]:
     return tuple(nums + [0] * (parts - len(nums)))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    from pipeline.core.paths import atomic_write
-
-    atomic_write(path, data)
-
-
 # --- the sidecar ----------------------------------------------------------------------------------------------
 
 
@@ -167,7 +117,7 @@ def sidecar_path(engine: str | Path) -> Path:
 
 def write_sidecar(engine: str | Path, info: Mapping[str, Any]) -> Path:
     path = sidecar_path(engine)
-    _atomic_write(path, (json.dumps(dict(info), indent=2) + "\n").encode())
+    atomic_write(path, (json.dumps(dict(info), indent=2) + "\n").encode())
     return path
 
 
@@ -365,7 +315,7 @@ class TensorRT(Runtime):
         device = self.device()
         rtx = self.flavour == "tensorrt-rtx"
         out_dir.mkdir(parents=True, exist_ok=True)
-        from pipeline.runtimes.onnxruntime import convert_fp16, is_quantized
+        from pipeline.runtimes.convert import convert_fp16, is_quantized
 
         quantized = is_quantized(onnx_path)
         source = onnx_path
@@ -431,10 +381,10 @@ class TensorRT(Runtime):
         seconds = time.perf_counter() - started
         engine = out_dir / engine_name
         data = bytes(serialized)
-        _atomic_write(engine, data)
-        if cache_path is not None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
+        atomic_write(engine, data)
+        if cache_path is not None:  # shared by every build on this machine: merge under the lock
+            with file_lock(cache_path):
+                atomic_write(cache_path, bytes(config.get_timing_cache().serialize()))
         info = {
             "schema": SIDECAR_SCHEMA,
             "runtime": self.flavour,
@@ -533,5 +483,5 @@ class TrtSession(Session):
 
 
 __all__ = ["FLAVOURS", "TensorRT", "TrtSession", "check_engine", "cuda_device", "default_timing_cache",
-           "import_trt", "installed_version", "normalize_version", "parser_errors", "read_sidecar", "sha256_file",
+           "import_trt", "installed_version", "normalize_version", "parser_errors", "read_sidecar",
            "sidecar_path", "write_sidecar"]

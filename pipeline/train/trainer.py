@@ -28,10 +28,7 @@ Recipe
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.errors import DataInvalid, DeployError, ModelInvalid, UsageError
+from pipeline.core.io import atomic_write, write_json
 from pipeline.core.scaling import Scale
 from pipeline.data.datasets import (
     DEFAULT_SPLIT_SEED,
@@ -102,20 +100,6 @@ class Checkpoint:
         return model.eval()
 
 
-def _atomic_write(path: Path, write: Callable[[object], None], mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | Path, model: ScalableNet, preprocess: Preprocess, classes: list[str] | tuple[str, ...],
                     val_accuracy: float | None, **meta) -> Path:
     """Write a checkpoint atomically (temp file + ``os.replace``)."""
@@ -133,7 +117,7 @@ def save_checkpoint(path: str | Path, model: ScalableNet, preprocess: Preprocess
         "val_accuracy": None if val_accuracy is None else float(val_accuracy),
         **meta,
     }
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 
@@ -604,7 +588,7 @@ def train(
         nominal_resolution=nominal, num_classes=dataset.num_classes, dataset=ds_info, preprocess=preprocess.to_dict(),
         settings=settings, history=tuple(history), transfer=transfer.to_dict() if transfer else None,
         teacher=teacher_info, device=str(dev))
-    _atomic_write(out_dir / TRAIN_JSON, lambda f: f.write(json.dumps(result.to_dict(), indent=2) + "\n"), mode="w")
+    write_json(out_dir / TRAIN_JSON, result.to_dict())
     return result
 
 

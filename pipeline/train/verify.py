@@ -13,7 +13,6 @@ there is no ONNX file the checkpoint is exported to ``model.onnx`` first.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,11 +64,9 @@ class VerifyReport:
         return d
 
     def save(self, path: str | Path) -> Path:
-        from pipeline.train.trainer import _atomic_write
+        from pipeline.core.io import write_json
 
-        path = Path(path)
-        _atomic_write(path, lambda f: f.write(json.dumps(self.to_dict(), indent=2) + "\n"), mode="w")
-        return path
+        return write_json(path, self.to_dict())
 
     def raise_for_failure(self) -> None:
         """Raise :class:`VerificationFailed` (exit 4) naming each failing number and its threshold."""
