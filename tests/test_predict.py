@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from pipeline.cli.commands import cli
 from pipeline.core.errors import ProfileMismatch, ProfileMissing
+from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.calibrate import FULL_SUITE, SuiteEntry, calibrate
@@ -115,7 +116,7 @@ def test_predict_from_onnx_matches_the_built_model(tmp_path):
 
 def test_published_profile_predictions_say_so():
     pred = load_predictor(load_target("rtx-4090"), "fp16")
-    p = pred.predict(scale_cost("resnet50", __import__("pipeline.core.scaling").scaling.CompoundScaling().compound(0)))
+    p = pred.predict(scale_cost("resnet50", CompoundScaling().compound(0)))
     assert p.provenance == "roofline" and p.heldout_error_pct is None and "roofline" in p.note
 
 

@@ -71,25 +71,6 @@ def onnx_opset(path: str | Path) -> int:
     raise ModelInvalid(f"{path} declares no ai.onnx opset.")
 
 
-def _load_state(model, weights: Path) -> None:
-    import torch
-
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelInvalid(f"cannot read the run's weights {weights}: {exc}") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "weights", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    try:
-        model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelInvalid(f"weights {weights} do not match the run's architecture: "
-                           f"{str(exc).splitlines()[0]}") from None
-
-
 def rebuild_model(run_dir: str | Path, fit: dict, num_classes: int, resolution: int | None = None):
     """The run's torch model: from its checkpoint, its weights file, or the deterministic initialisation (seed 0).
 
@@ -127,7 +108,9 @@ def rebuild_model(run_dir: str | Path, fit: dict, num_classes: int, resolution: 
     model = initialize(build(fit["family"], scale, num_classes), seed=0)
     weights = fit.get("weights")
     if isinstance(weights, str) and weights and Path(weights).is_file():
-        _load_state(model, Path(weights))
+        from pipeline.models.weights import load_weights
+
+        load_weights(model, Path(weights), hint="(the run's weights do not fit its recorded architecture)")
     return model
 
 

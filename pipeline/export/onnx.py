@@ -45,6 +45,7 @@ import numpy as np
 import onnx
 import torch
 
+from pipeline.core.compare import TOLERANCES, compare_logits, tolerance
 from pipeline.core.errors import ExportError, ModelInvalid, UnknownName
 from pipeline.core.io import atomic_writer
 
@@ -66,11 +67,8 @@ KEPT_METADATA = frozenset({"namespace", "pkg.torch.onnx.name_scopes", "pkg.torch
 # fp32 rounding error grows with the size of what is summed, so one absolute figure either
 # fails large models whose export is exact (EfficientNet φ=2 with logits up to 12 differed by
 # 1.1e-4, cosine 1 - 1e-11) or is too loose for small ones.
-PARITY_TOLERANCES: dict[str, dict[str, float | None]] = {
-    "fp32": {"max_abs": 1e-4, "cosine": 0.9999, "top1": 1.0},
-    "fp16": {"max_abs": 1e-2, "cosine": 0.999, "top1": 0.99},
-    "int8": {"max_abs": None, "cosine": 0.98, "top1": 0.9},
-}
+# parity limits per precision: the parity columns of the one tolerance table (pipeline.core.compare)
+PARITY_TOLERANCES: dict[str, dict[str, float | None]] = {p: t.parity_dict() for p, t in TOLERANCES.items()}
 
 
 def _max_opset() -> int:
@@ -402,15 +400,6 @@ def _as_batch(inputs: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    num = (a * b).sum(axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    both_zero = den == 0
-    cos = np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))
-    return np.clip(cos, -1.0, 1.0)
-
-
 def parity(
     model: torch.nn.Module,
     onnx_path: str | Path,
@@ -433,9 +422,7 @@ def parity(
     """
     from pipeline.measure.timing import ort_session
 
-    if precision not in PARITY_TOLERANCES:
-        raise UnknownName("precision", precision, list(PARITY_TOLERANCES))
-    tol = {**PARITY_TOLERANCES[precision], **(tolerances or {})}
+    tol = tolerance(precision, **(tolerances or {}))
     load_onnx_checked(onnx_path)
     sess = ort_session(onnx_path, threads)
     inp = sess.get_inputs()[0]
@@ -472,36 +459,20 @@ def parity(
     ref_a, got_a = np.concatenate(ref), np.concatenate(got)
     if ref_a.shape != got_a.shape:
         raise ExportError(f"torch gives logits of shape {ref_a.shape} but {onnx_path} gives {got_a.shape}.")
-    err = np.abs(ref_a.astype(np.float64) - got_a.astype(np.float64))
-    max_abs, mean_abs = float(err.max()), float(err.mean())
-    cos_min = float(_cosine(ref_a, got_a).min())
-    top1 = float(np.mean(ref_a.argmax(axis=1) == got_a.argmax(axis=1)))
-    spread = float(np.abs(ref_a - ref_a.mean(axis=0, keepdims=True)).max()) if len(ref_a) > 1 else 0.0
-    failures = []
-    finite = bool(np.isfinite(got_a).all())
-    if not finite:
-        failures.append("ONNX Runtime output is not finite")
-    scale = max(1.0, float(np.abs(ref_a).max()))
-    if tol.get("max_abs") is not None and not max_abs <= tol["max_abs"] * scale:
-        failures.append(f"max_abs_err {max_abs:.3g} > {tol['max_abs'] * scale:.3g} "
-                        f"({tol['max_abs']:g} × logit scale {scale:.3g})")
-    if tol.get("cosine") is not None and not cos_min >= tol["cosine"]:
-        failures.append(f"cosine_min {cos_min:.6f} < {tol['cosine']:g}")
-    if tol.get("top1") is not None and not top1 >= tol["top1"]:
-        failures.append(f"top1_agreement {top1:.3f} < {tol['top1']:g}")
+    cmp = compare_logits(ref_a, got_a, tol)
     return ParityReport(
-        max_abs_err=max_abs,
-        mean_abs_err=mean_abs,
-        cosine_min=cos_min,
-        top1_agreement=top1,
+        max_abs_err=cmp.max_abs_err,
+        mean_abs_err=cmp.mean_abs_err,
+        cosine_min=cmp.cosine_min,
+        top1_agreement=cmp.top1_agreement,
         n=len(batch),
-        tolerances=tol,
-        passed=not failures,
+        tolerances=tol.parity_dict(),
+        passed=cmp.passed,
         source_of_inputs=source,
         precision=precision,
-        output_spread=spread,
-        failures=tuple(failures),
-        logit_scale=scale,
+        output_spread=cmp.output_spread,
+        failures=tuple(f.replace("output is", "ONNX Runtime output is") for f in cmp.failures),
+        logit_scale=cmp.logit_scale,
     )
 
 

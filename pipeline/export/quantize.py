@@ -34,6 +34,7 @@ Accuracy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.compare import TOLERANCES, compare_accuracy, tolerance
 from pipeline.core.errors import (
     BackendUnavailable,
     DataInvalid,
@@ -61,7 +63,7 @@ from pipeline.core.io import atomic_write
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_RUNTIMES = ("onnxruntime", "tensorrt")
 DEFAULT_PERCENTILE = 99.999
-DEFAULT_MAX_DROP_PP = 1.0
+DEFAULT_MAX_DROP_PP = TOLERANCES["int8"].max_drop_pp
 # Integer kernels ONNX Runtime's CPU EP fuses QDQ groups into (plus any QLinear* op).
 FUSED_OPS = frozenset({"QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                        "QAttention", "QOrderedMatMul"})
@@ -436,19 +438,14 @@ def int8_accuracy_gate(fp32_onnx: str | Path, int8_onnx: str | Path, inputs: Any
     x = _check_inputs(inputs, "gate inputs", shape)
     ref = _logits(fp32_onnx, x, threads)
     got = _logits(int8_onnx, x, threads)
-    p32, p8 = ref.argmax(1), got.argmax(1)
-    if labels is None:
-        y, source = p32, "fp32 predictions"
-    else:
-        y = np.asarray(labels).reshape(-1).astype(np.int64)
-        source = "labels"
-        if len(y) != len(x):
-            raise DataInvalid(f"{len(x)} gate inputs but {len(y)} labels.")
-    acc32, acc8 = float(np.mean(p32 == y)), float(np.mean(p8 == y))
-    drop = round(100.0 * (acc32 - acc8), 4)
-    report = GateReport(fp32_accuracy=acc32, int8_accuracy=acc8, agreement=float(np.mean(p32 == p8)), drop_pp=drop,
-                        max_drop_pp=float(max_drop_pp), n=len(x), passed=bool(drop <= max_drop_pp), labels=source,
-                        fp32_path=str(fp32_onnx), int8_path=str(int8_onnx))
+    if labels is not None and len(np.asarray(labels).reshape(-1)) != len(x):
+        raise DataInvalid(f"{len(x)} gate inputs but {len(np.asarray(labels).reshape(-1))} labels.")
+    # the gate judges the drop only: agreement is reported, not required (labels decide accuracy)
+    tol = dataclasses.replace(tolerance("int8", max_drop_pp=max_drop_pp), min_agreement=None)
+    cmp = compare_accuracy(ref, got, labels, tol, names=("fp32", "int8"))
+    report = GateReport(fp32_accuracy=cmp.reference_accuracy, int8_accuracy=cmp.accuracy, agreement=cmp.agreement,
+                        drop_pp=cmp.drop_pp, max_drop_pp=float(max_drop_pp), n=len(x), passed=cmp.passed,
+                        labels=cmp.labels, fp32_path=str(fp32_onnx), int8_path=str(int8_onnx))
     if not report.passed and raise_on_failure:
         raise VerificationFailed(f"INT8 accuracy gate: {report.summary()}. Try another calibration method, more "
                                  "calibration data, or exclude the most sensitive layers (layer_sensitivity).")

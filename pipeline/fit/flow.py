@@ -19,7 +19,6 @@ from pathlib import Path
 from pipeline.core.errors import (
     BackendUnavailable,
     DeployError,
-    ModelInvalid,
     ProfileMissing,
     UsageError,
     VerificationFailed,
@@ -27,6 +26,7 @@ from pipeline.core.errors import (
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.search import DEFAULT_PHI_RANGE, Budget, enumerate_architectures, search
 from pipeline.fit.steps import (
+    WEIGHTS_HINT,
     DataOptions,
     accuracy_verdict,
     make_int8,
@@ -38,6 +38,7 @@ from pipeline.fit.steps import (
     weights_for,
 )
 from pipeline.measure.loop import Measurement, closed_loop, measured_fits, measured_limits, remove_unchosen
+from pipeline.models.weights import load_weights
 
 PERCENTILES = (50, 90, 99)
 UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
@@ -77,24 +78,6 @@ def _predictor(target, precision: str, threads: int | None, log: Callable[[str],
             "suite (about a minute for fp32, two for int8; run `deploy calibrate --target host` for the full one).")
         calibrate(target, precision, threads, quick=True, progress=progress)
         return load_predictor(target, precision, threads)
-
-
-def _load_weights(model, weights: str | Path) -> None:
-    import torch
-
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ModelInvalid(f"cannot read weights {weights}: {exc}") from None
-    state = state.get("state_dict", state.get("weights", state)) if isinstance(state, dict) else state
-    mine = model.state_dict()
-    bad = [k for k, v in state.items() if k not in mine or mine[k].shape != v.shape]
-    missing = [k for k in mine if k not in state]
-    if bad or missing:
-        raise ModelInvalid(f"weights {weights} do not match the chosen architecture: {len(bad)} mismatched and "
-                           f"{len(missing)} missing tensors (e.g. {(bad or missing)[0]}). Train this architecture "
-                           "or pass --phi-min/--phi-max so the search picks the one the weights are for.")
-    model.load_state_dict(state)
 
 
 def fit(target: str, latency: float | None = None, memory: float | None = None, family: str = "efficientnet",
@@ -191,7 +174,7 @@ def _finish(tgt, family, precision, threads, archs, result, predictor, predict_a
         """The file that would ship for architecture i with deterministic weights (int8: quantized)."""
         model = initialize(build(family, archs[i].scale, num_classes), seed=0)
         if weights is not None:
-            _load_weights(model, weights)
+            load_weights(model, weights, hint=WEIGHTS_HINT)
         path = run / f"candidate-{i}.onnx"
         export_onnx(model, path, dynamic_batch=dynamic_batch, opset=opset)
         if precision == "int8":

@@ -16,7 +16,9 @@ import numpy as np
 
 from pipeline.core.errors import VerificationFailed
 
-CANDIDATE_CALIBRATION = 16  # random images: enough to quantize a candidate whose *latency* is measured
+CANDIDATE_CALIBRATION = 16
+WEIGHTS_HINT = ("Train this architecture or pass --phi-min/--phi-max so the search picks the one the weights "
+                "are for.")  # random images: enough to quantize a candidate whose *latency* is measured
 
 
 @dataclass
@@ -80,9 +82,9 @@ def weights_for(run: Path, family: str, scale, num_classes: int, weights, opts: 
         return ckpt.model(), ckpt.preprocess, result.to_dict()
     model = initialize(build(family, scale, num_classes), seed=0)
     if weights is not None:
-        from pipeline.fit.flow import _load_weights
+        from pipeline.models.weights import load_weights
 
-        _load_weights(model, weights)
+        load_weights(model, weights, hint=WEIGHTS_HINT)
     return model, None, None
 
 

@@ -51,6 +51,7 @@ from pipeline.data.datasets import (
     load_dataset,
 )
 from pipeline.models import ScalableNet, build, check_family
+from pipeline.models.weights import load_weights, read_torch_file
 
 CHECKPOINT_FORMAT = "edgefit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -91,13 +92,9 @@ class Checkpoint:
 
     def model(self, device: str | torch.device = "cpu") -> ScalableNet:
         """The network with the checkpoint's weights, in eval mode."""
-        model = build(self.family, self.scale, self.num_classes).to(device)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise ModelInvalid(f"checkpoint {self.path} does not match its architecture: "
-                               f"{str(exc).splitlines()[0]}") from None
-        return model.eval()
+        model = build(self.family, self.scale, self.num_classes)
+        load_weights(model, self.state_dict, hint=f"(checkpoint {self.path} does not match its own architecture)")
+        return model.to(device).eval()
 
 
 def save_checkpoint(path: str | Path, model: ScalableNet, preprocess: Preprocess, classes: list[str] | tuple[str, ...],
@@ -134,11 +131,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = resolve_checkpoint(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelInvalid(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    data = read_torch_file(path, "checkpoint")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise ModelInvalid(f"{path} is not an edgefit checkpoint (written by `deploy train`).")
     if data.get("version", 0) > CHECKPOINT_VERSION:

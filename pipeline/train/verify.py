@@ -18,21 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.compare import TOLERANCES, compare_accuracy, tolerance
 from pipeline.core.errors import ModelInvalid, UsageError, VerificationFailed
 from pipeline.data.datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, LabelledData, batches, load_dataset
 
 ONNX_NAME = "model.onnx"
 VERIFY_JSON = "verify.json"
 
-# Default accuracy thresholds per precision: the largest allowed top-1 drop (percentage
-# points, ONNX below torch) and the smallest top-1 agreement. fp32 is from the issue;
-# fp16/int8 are starting points for when those exports land.
+# The accuracy columns of the one tolerance table (pipeline.core.compare.TOLERANCES), per precision.
 ACCURACY_THRESHOLDS: dict[str, dict[str, float]] = {
-    "fp32": {"max_drop_pp": 0.1, "min_agreement": 0.995},
-    "fp16": {"max_drop_pp": 0.5, "min_agreement": 0.99},
-    "int8": {"max_drop_pp": 1.0, "min_agreement": 0.97},
-}
-_EPS = 1e-9  # a drop of exactly the threshold passes
+    p: {"max_drop_pp": t.max_drop_pp, "min_agreement": t.min_agreement} for p, t in TOLERANCES.items()}
 
 
 @dataclass(frozen=True)
@@ -140,15 +135,8 @@ def verify_accuracy(
     from pipeline.export.onnx import export_onnx
     from pipeline.train.trainer import load_checkpoint
 
-    if precision not in ACCURACY_THRESHOLDS:
-        raise UsageError(f"unknown precision '{precision}'; known: {', '.join(ACCURACY_THRESHOLDS)}.")
-    thresholds = dict(ACCURACY_THRESHOLDS[precision])
-    if max_drop_pp is not None:
-        thresholds["max_drop_pp"] = float(max_drop_pp)
-    if min_agreement is not None:
-        thresholds["min_agreement"] = float(min_agreement)
-    if thresholds["max_drop_pp"] < 0 or not 0.0 <= thresholds["min_agreement"] <= 1.0:
-        raise UsageError(f"thresholds out of range: {thresholds} (max_drop_pp >= 0, 0 <= min_agreement <= 1).")
+    tol = tolerance(precision, max_drop_pp=max_drop_pp, min_agreement=min_agreement)
+    thresholds = {"max_drop_pp": tol.max_drop_pp, "min_agreement": tol.min_agreement}
 
     ckpt_path, onnx = _locate(run, onnx_path)
     ckpt = load_checkpoint(ckpt_path)
@@ -181,21 +169,9 @@ def verify_accuracy(
     if ref.shape != got.shape:
         raise ModelInvalid(f"torch gives logits of shape {ref.shape} but {onnx} gives {got.shape}.")
     labels = dataset.labels[split.val]
-    torch_top1 = float(np.mean(ref.argmax(1) == labels))
-    onnx_top1 = float(np.mean(got.argmax(1) == labels))
-    agreement = float(np.mean(ref.argmax(1) == got.argmax(1)))
-    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-    max_abs = float(diff.max()) if np.isfinite(diff).all() else float("inf")
-    drop_pp = (torch_top1 - onnx_top1) * 100.0
-
-    failures = []
-    if not np.isfinite(got).all():
-        failures.append("ONNX Runtime logits are not finite")
-    if drop_pp > thresholds["max_drop_pp"] + _EPS:
-        failures.append(f"accuracy drop {drop_pp:.3f} pp (torch {torch_top1:.4f} -> onnx {onnx_top1:.4f}) "
-                        f"> max_drop_pp {thresholds['max_drop_pp']:g}")
-    if agreement < thresholds["min_agreement"] - _EPS:
-        failures.append(f"top-1 agreement {agreement:.4f} < min_agreement {thresholds['min_agreement']:g}")
+    cmp = compare_accuracy(ref, got, labels, tol, names=("torch", "onnx"))
+    torch_top1, onnx_top1, drop_pp = cmp.reference_accuracy, cmp.accuracy, cmp.drop_pp
+    agreement, max_abs, failures = cmp.agreement, cmp.max_abs_logit_diff, list(cmp.failures)
     report = VerifyReport(
         dataset=dataset.name, samples=int(len(labels)), torch_top1=torch_top1, onnx_top1=onnx_top1,
         drop_pp=drop_pp, agreement=agreement, max_abs_logit_diff=max_abs, thresholds=thresholds,
