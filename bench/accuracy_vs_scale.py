@@ -28,7 +28,8 @@ from pipeline.core.scaling import resolve_scale  # noqa: E402
 from pipeline.cost.trace import scale_cost  # noqa: E402
 from pipeline.data.datasets import load_dataset  # noqa: E402
 from pipeline.export.onnx import export_onnx  # noqa: E402
-from pipeline.measure.timing import compare_interleaved, ort_session, random_inputs  # noqa: E402
+from pipeline.measure.timing import compare_interleaved
+from pipeline.runtimes.onnxruntime import ort_session, random_inputs  # noqa: E402
 from pipeline.train.trainer import load_checkpoint, train  # noqa: E402
 
 NAME = "accuracy_vs_scale"

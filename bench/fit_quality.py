@@ -20,7 +20,11 @@ from common import RESULTS, save_results  # noqa: E402
 
 from pipeline.export.onnx import export_onnx  # noqa: E402
 from pipeline.fit.flow import TIMING, fit  # noqa: E402
-from pipeline.fit.search import enumerate_architectures  # noqa: E402
+from pipeline.fit.options import DeviceOptions, RunOptions, SearchOptions  # noqa: E402
+from pipeline.fit.search import (
+    Budget,  # noqa: E402
+    enumerate_architectures,  # noqa: E402
+)
 from pipeline.measure.timing import time_onnx  # noqa: E402
 from pipeline.models import build, initialize  # noqa: E402
 from pipeline.predict.targets import load_target  # noqa: E402
@@ -33,7 +37,8 @@ def exhaustive(family: str, lo: float, hi: float, threads: int, tmp: Path) -> li
     for i, a in enumerate(archs):
         path = tmp / "exhaustive.onnx"
         export_onnx(initialize(build(family, a.scale, 1000), seed=0), path)
-        t = time_onnx(path, threads=threads, **TIMING)
+        t = time_onnx(path, threads=threads, warmup=TIMING.warmup, min_repeats=TIMING.min_repeats,
+                      min_time_s=TIMING.min_time_s, rounds=TIMING.rounds)
         rows.append({"index": i, "phi": a.phi, "resolution": a.scale.resolution, "p50_ms": round(t.p50_ms, 3)})
         print(f"  exhaustive {i + 1}/{len(archs)} φ={a.phi:g}: {t.p50_ms:.2f} ms", file=sys.stderr, flush=True)
     return rows
@@ -52,7 +57,8 @@ def main() -> int:
         for b in budgets:
             t0 = time.perf_counter()
             try:
-                d = fit("host", latency=b, family=args.family, out=Path(tmp) / f"fit-{b}", threads=threads,
+                d = fit("host", Budget(latency_ms=b), search_options=SearchOptions(args.family),
+                        run=RunOptions(out=Path(tmp) / f"fit-{b}"), device=DeviceOptions(threads=threads),
                         log=lambda m: print("  " + m, file=sys.stderr))
             except Exception as exc:  # noqa: BLE001 - a bench reports every outcome
                 rows.append({"budget_ms": b, "error": f"{type(exc).__name__}: {exc}"})

@@ -20,6 +20,7 @@ from common import save_results  # noqa: E402
 from pipeline.core.errors import ProfileMissing  # noqa: E402
 from pipeline.cost.trace import scale_cost  # noqa: E402
 from pipeline.fit.calibrate import FULL_TIMING, SuiteEntry, calibrate, measure_entry  # noqa: E402
+from pipeline.measure.device import LocalDevice  # noqa: E402
 from pipeline.predict.predictor import load_predictor  # noqa: E402
 from pipeline.predict.targets import load_target  # noqa: E402
 
@@ -42,6 +43,7 @@ def main() -> int:
     args = ap.parse_args()
     target = load_target("host")
     threads = args.threads or target.threads
+    device = LocalDevice(target, threads)
     try:
         predictor = load_predictor(target, "fp32", threads)
     except ProfileMissing:
@@ -51,7 +53,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for entry in HELD_OUT:
-            rec = measure_entry(entry, threads, FULL_TIMING, Path(tmp))
+            rec = measure_entry(entry, device, FULL_TIMING, Path(tmp))
             pred = predictor.predict(scale_cost(entry.family, entry.scale()))
             lat_err = pred.latency_ms / rec["latency_ms"]["p50"] - 1
             mem_err = pred.memory_mb / rec["peak_memory_mb"] - 1 if rec["peak_memory_mb"] else None

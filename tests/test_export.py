@@ -28,8 +28,8 @@ from pipeline.export.onnx import (
     onnx_io,
     parity,
 )
-from pipeline.measure.timing import ort_session
 from pipeline.models import FAMILIES, build, initialize
+from pipeline.runtimes.onnxruntime import ort_session
 
 SMALL = CompoundScaling().per_dimension(-3, -3, -4)  # resolution 128, a fraction of B0's width/depth
 CLASSES = 10

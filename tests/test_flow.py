@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from pipeline.cli.commands import cli
 from pipeline.fit.calibrate import SuiteEntry, calibrate
+from pipeline.measure.settings import TimingSettings
 from pipeline.measure.timing import time_onnx
 from pipeline.predict.targets import host_profile_path, load_target
 
@@ -15,14 +16,14 @@ TINY_SUITE = tuple(SuiteEntry(f, p) for f in ("efficientnet", "resnet18") for p 
     SuiteEntry("efficientnet", dims=(-4, -4, -2)), SuiteEntry("resnet18", dims=(-4, -3, -4)),
     SuiteEntry("efficientnet", dims=(-3, -4, -3)),
 )
-TINY_TIMING = {"warmup": 2, "min_repeats": 8, "min_time_s": 0.1}
+TINY_TIMING = TimingSettings(warmup=2, min_repeats=8, min_time_s=0.1)
 RANGE = ["--phi-min", "-4", "--phi-max", "-3"]
 
 
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "host.json"
-    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=TINY_SUITE, timing=TINY_TIMING)
+    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=TINY_SUITE, settings=TINY_TIMING)
     return out
 
 
@@ -133,7 +134,7 @@ def test_predicted_only_target_is_deterministic(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_int8_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("profile8") / "host-int8.json"
-    calibrate(load_target("host"), "int8", threads=1, out=out, suite=TINY_SUITE, timing=TINY_TIMING)
+    calibrate(load_target("host"), "int8", threads=1, out=out, suite=TINY_SUITE, settings=TINY_TIMING)
     return out
 
 

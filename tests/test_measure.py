@@ -15,16 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.core.errors import DeployError, ModelInvalid
 from pipeline.measure import timing as measure
-from pipeline.measure.timing import (
-    MemoryResult,
-    Timing,
-    compare_interleaved,
-    ort_session,
-    peak_memory_onnx,
-    random_inputs,
-    time_callable,
-    time_onnx,
-)
+from pipeline.measure.memory import MemoryResult, peak_memory_onnx
+from pipeline.measure.timing import Timing, compare_interleaved, time_callable, time_onnx
+from pipeline.runtimes.onnxruntime import ort_session, random_inputs
 
 
 def conv_model(path, res: int, channels: int = 32, layers: int = 4, dynamic_batch: bool = False):

@@ -9,6 +9,7 @@ from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.calibrate import FULL_SUITE, SuiteEntry, calibrate
+from pipeline.measure.settings import TimingSettings
 from pipeline.predict.predictor import Predictor, check_host_profile, load_predictor
 from pipeline.predict.profile import Profile, save_profile
 from pipeline.predict.targets import host_machine, host_profile_path, load_target
@@ -124,7 +125,7 @@ def test_quick_calibrate_on_a_tiny_suite(tmp_path):
     suite = tuple(SuiteEntry("resnet18", p) for p in (-4.0, -3.5)) + (SuiteEntry("efficientnet", -4.0),)
     out = tmp_path / "p.json"
     profile = calibrate(load_target("host"), "fp32", threads=1, out=out, suite=suite,
-                        timing={"warmup": 1, "min_repeats": 5, "min_time_s": 0.05})
+                        settings=TimingSettings(warmup=1, min_repeats=5, min_time_s=0.05))
     assert out.is_file() and profile.provenance == "measured" and len(profile.records) == 3
     rec = profile.records[0]
     assert rec["latency_ms"]["p50"] > 0 and rec["peak_memory_mb"] > 0 and rec["repeats"] >= 5

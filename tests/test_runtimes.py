@@ -19,7 +19,7 @@ from tinymodels import CLASSES, RES, RTX_SKIP_REASON, rtx_importable, tiny_model
 import pipeline.runtimes.tensorrt as trtmod
 from pipeline.core.errors import BackendUnavailable, EngineBuildFailed, EngineMismatch, UnknownName, UsageError
 from pipeline.core.io import sha256_file
-from pipeline.measure.timing import Timing
+from pipeline.measure.timing import Timing, time_session
 from pipeline.runtimes.convert import is_quantized
 from pipeline.runtimes.onnxruntime import OnnxRuntime
 from pipeline.runtimes.registry import RUNTIME_NAMES, get_runtime
@@ -56,7 +56,7 @@ def test_onnxruntime_session_runs_times_and_matches_torch(onnx_path, tmp_path):
     with torch.no_grad():
         ref = tiny_model()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(logits, ref, atol=1e-4)
-    t = sess.time(warmup=1, min_repeats=5, min_time_s=0)
+    t = time_session(sess, warmup=1, min_repeats=5, min_time_s=0)
     assert isinstance(t, Timing) and t.n >= 5 and t.threads == 1 and 0 < t.p50_ms <= t.p99_ms
 
 
@@ -210,4 +210,4 @@ def test_tensorrt_engine_runs_on_the_gpu_like_onnxruntime(onnx_path, tmp_path):
     sess = rt.load(engine)
     x = _x()
     np.testing.assert_allclose(sess.run(x), OnnxRuntime(1).load(onnx_path).run(x), atol=1e-2)
-    assert sess.time(warmup=2, min_repeats=5, min_time_s=0).n >= 5
+    assert time_session(sess, warmup=2, min_repeats=5, min_time_s=0).n >= 5

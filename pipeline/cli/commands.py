@@ -255,14 +255,17 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
         as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
     from pipeline.fit.flow import fit as run
-    from pipeline.fit.steps import DataOptions
+    from pipeline.fit.options import DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
+    from pipeline.fit.search import Budget
 
-    opts = DataOptions(data, train_epochs, teacher, init_from, min_accuracy, calibration_data, calibration_method,
-                       calibration_samples, tuple(int8_exclude), int8_max_drop)
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    result = run(target_name, latency, memory, family, precision, int(percentile), phi_min, phi_max, out, force,
-                 threads, weights, dynamic_batch, agent, targets_dir, data=opts, log=log,
-                 progress=_progress_bar("calibrate"), noise_margin_pct=noise_margin)
+    result = run(target_name, Budget(latency, memory, int(percentile), noise_margin),
+                 search_options=SearchOptions(family, phi_min, phi_max), precision=precision,
+                 data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy),
+                 int8=Int8Options(calibration_data, calibration_method, calibration_samples, tuple(int8_exclude),
+                                  int8_max_drop),
+                 run=RunOptions(out, force, weights, dynamic_batch), device=DeviceOptions(threads, agent, targets_dir),
+                 log=log, progress=_progress_bar("calibrate"))
     emit(result, as_json, _fit_text)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.core.errors import DeployError, ExportError, ModelInvalid, UsageError
+from pipeline.measure.settings import TIMING
 
 SCRIPT_NAME = "build_on_device.sh"
 ENGINE_NAME = "model.engine"
@@ -46,7 +47,7 @@ TIMING_CACHE_FILE = "timing.cache"
 CALIBRATION_CACHE = "calibration.cache"
 INT8_TRT_ONNX = "model.int8.trt.onnx"
 # trtexec timing: --warmUp ms, then at least --iterations queries and --duration seconds.
-TRTEXEC_TIMING = {"warmup_ms": 500, "iterations": 200, "duration_s": 5, "avg_runs": 10}
+TRTEXEC_TIMING = TIMING["trtexec"].trtexec()  # the trtexec row of the one settings table
 # What the CUDA driver reports for each built-in GPU target: (compute capability, name pattern).
 TARGET_GPUS = {
     "jetson-nano": ("5.3", "tegra x1|nano"),

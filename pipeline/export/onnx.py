@@ -420,7 +420,7 @@ def parity(
     batch 1 on both sides. ``tolerances`` overrides entries of
     :data:`PARITY_TOLERANCES` for ``precision``.
     """
-    from pipeline.measure.timing import ort_session
+    from pipeline.runtimes.onnxruntime import ort_session
 
     tol = tolerance(precision, **(tolerances or {}))
     load_onnx_checked(onnx_path)

@@ -257,7 +257,7 @@ def ort_fused_ops(int8_path: str | Path, threads: int = 1) -> tuple[dict, dict]:
     """
     import onnxruntime as ort
 
-    from pipeline.measure.timing import session_options
+    from pipeline.runtimes.onnxruntime import session_options
 
     so = session_options(threads)
     with tempfile.TemporaryDirectory(prefix="edgefit-ortopt-") as tmp:

@@ -9,7 +9,6 @@ count, and its peak memory is measured in a child process.
 
 from __future__ import annotations
 
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from pathlib import Path
 from pipeline.core.errors import BackendUnavailable
 from pipeline.core.paths import edgefit_home
 from pipeline.core.scaling import CompoundScaling, Scale
+from pipeline.measure.device import Device, LocalDevice
+from pipeline.measure.settings import TimingSettings, timing
 from pipeline.models import build, initialize
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
@@ -57,17 +58,15 @@ QUICK_SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("resnet18", dims=(0, -2, 1)),
     SuiteEntry("mobilenetv2", dims=(1, 1, -1)),
 )
-# timing settings: (warm-up, min repeats, min seconds per model)
-FULL_TIMING = {"warmup": 10, "min_repeats": 30, "min_time_s": 1.5}
-QUICK_TIMING = {"warmup": 3, "min_repeats": 10, "min_time_s": 0.4}
+FULL_TIMING: TimingSettings = timing("calibrate")  # rows of the one settings table (pipeline.measure.settings)
+QUICK_TIMING: TimingSettings = timing("calibrate-quick")
 
 
-def measure_entry(entry: SuiteEntry, threads: int, timing: dict, workdir: Path, num_classes: int = 1000,
-                  precision: str = "fp32") -> dict:
-    """Export one suite model (int8: quantized), time it and measure its peak memory: one profile record."""
+def measure_entry(entry: SuiteEntry, device: Device, settings: TimingSettings, workdir: Path,
+                  num_classes: int = 1000, precision: str = "fp32") -> dict:
+    """Export one suite model (int8: quantized), measure it on ``device``: one profile record."""
     from pipeline.cost.trace import model_cost
     from pipeline.export.onnx import export_onnx
-    from pipeline.measure.timing import peak_memory_onnx, time_onnx
 
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
@@ -77,30 +76,28 @@ def measure_entry(entry: SuiteEntry, threads: int, timing: dict, workdir: Path, 
         from pipeline.fit.steps import quantize_candidate
 
         quantize_candidate(path, path, "percentile")
-    t = time_onnx(path, threads=threads, **timing)
-    mem = peak_memory_onnx(path, threads=threads)
+    m = device.measure(path, settings, precision=precision)
+    t = m.latency
     cost = model_cost(model)
     return {
         "kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
         "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
         "resolution": scale.resolution, "num_classes": num_classes,
         "latency_ms": {"p50": round(t.p50_ms, 4), "p90": round(t.p90_ms, 4), "p99": round(t.p99_ms, 4)},
-        "peak_memory_mb": round(mem.peak_mb, 2), "repeats": t.n, "spread": round(t.spread, 4),
-        "params": cost.params, "macs": cost.macs,
+        "peak_memory_mb": None if m.memory_mb is None else round(m.memory_mb, 2), "repeats": t.n,
+        "spread": round(t.spread, 4), "params": cost.params, "macs": cost.macs,
     }
 
 
 def calibrate(target, precision: str | None = None, threads: int | None = None, quick: bool = False,
               out: Path | None = None, progress: Callable[[int, int, str], None] | None = None,
-              suite: tuple[SuiteEntry, ...] | None = None, timing: dict | None = None) -> Profile:
+              suite: tuple[SuiteEntry, ...] | None = None, settings: TimingSettings | None = None) -> Profile:
     """Measure the suite on this machine for ``target`` and save the profile (atomically).
 
     The profile goes to ``out``, or to the host profile location (host), or to
     ``edgefit_home()/profiles/<target>/`` when run on a real device.
     """
-    import onnxruntime as ort
-
-    from pipeline.predict.targets import host_machine, host_profile_path
+    from pipeline.predict.targets import host_profile_path
 
     precision = target.check_precision(precision)
     if target.runtime != "onnxruntime":
@@ -110,23 +107,24 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         raise BackendUnavailable(f"ONNX Runtime on CPU has no fast fp16 path; calibrate fp32 or int8 on {target.name}.")
     threads = threads or target.threads or 1
     suite = suite or (QUICK_SUITE if quick else FULL_SUITE)
-    timing = timing or (QUICK_TIMING if quick else FULL_TIMING)
+    settings = settings or (QUICK_TIMING if quick else FULL_TIMING)
+    device = LocalDevice(target, threads)
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
         for i, entry in enumerate(suite):
             if progress:
                 progress(i, len(suite), entry.label)
-            records.append(measure_entry(entry, threads, timing, Path(tmp), precision=precision))
+            records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision))
     if progress:
         progress(len(suite), len(suite), "done")
     profile = Profile(
         target=target.name,
-        runtime={"name": "onnxruntime", "version": ort.__version__, "provider": "CPUExecutionProvider"},
+        runtime={k: v for k, v in device.runtime_info().items() if k != "label"},
         precision=precision,
         provenance="measured",
-        device={**host_machine(), "threads": threads, "python": platform.python_version()},
+        device=device.facts(),
         created=now_iso(),
-        method={**timing, "suite": "quick" if quick else "full", "statistic": "p50 of per-call latency",
+        method={**settings.to_dict(), "suite": "quick" if quick else "full", "statistic": "p50 of per-call latency",
                 "batch": 1, "memory": "child-process VmHWM above post-import baseline",
                 "seconds": round(time.time() - started, 1)},
         records=tuple(records),

@@ -3,6 +3,10 @@
 Everything is written into a temporary sibling of the run directory and moved into
 place only at the end, so a failed run never leaves a half-written directory nor destroys
 an earlier good one (``--force`` replaces it only once the new run is complete).
+
+Latency is measured only through a :class:`~pipeline.measure.device.Device` (this machine
+today, a remote device behind an agent tomorrow); the options come in as the dataclasses of
+:mod:`pipeline.fit.options`.
 """
 
 from __future__ import annotations
@@ -13,21 +17,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.core.errors import (
-    BackendUnavailable,
-    DeployError,
-    ProfileMissing,
-    UsageError,
-    VerificationFailed,
-)
+from pipeline.core.errors import BackendUnavailable, DeployError, ProfileMissing, UsageError, VerificationFailed
 from pipeline.cost.trace import scale_cost
-from pipeline.fit.search import DEFAULT_PHI_RANGE, Budget, enumerate_architectures, search
+from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
+from pipeline.fit.search import Budget, enumerate_architectures, search
 from pipeline.fit.steps import (
     WEIGHTS_HINT,
-    DataOptions,
     accuracy_verdict,
     make_int8,
     num_classes_of,
@@ -37,12 +36,43 @@ from pipeline.fit.steps import (
     verify_accuracy_step,
     weights_for,
 )
+from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.loop import Measurement, closed_loop, measured_fits, measured_limits, remove_unchosen
+from pipeline.measure.settings import TimingSettings, timing
 from pipeline.models.weights import load_weights
 
-PERCENTILES = (50, 90, 99)
 UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
-TIMING = {"warmup": 10, "min_repeats": 20, "min_time_s": 0.5, "rounds": 3}  # per round
+TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds (pipeline.measure.settings)
+
+
+@dataclass
+class FitContext:
+    """Everything one fit decided before exporting: target, options, predictor, the search and its device."""
+
+    target: object
+    precision: str
+    budget: Budget
+    search: SearchOptions
+    data: DataOptions
+    int8: Int8Options
+    run: RunOptions
+    threads: int
+    num_classes: int
+    predictor: object = None
+    archs: list = field(default_factory=list)
+    result: object = None
+    device: Device | None = None
+    measured_on: dict = field(default_factory=dict)  # architecture index -> its latest DeviceMeasurement
+    log: Callable[[str], None] = lambda _: None
+
+    @property
+    def family(self) -> str:
+        return self.search.family
+
+    def predict_arch(self, i: int) -> tuple[float, float]:
+        """(latency at the budget's percentile, memory) predicted for architecture ``i``."""
+        p = self.predictor.predict(scale_cost(self.family, self.archs[i].scale, self.num_classes))
+        return p.latency_at(self.budget.percentile), p.memory_mb
 
 
 def _run_dir(out: str | Path | None, target: str, force: bool) -> Path:
@@ -80,57 +110,47 @@ def _predictor(target, precision: str, threads: int | None, log: Callable[[str],
         return load_predictor(target, precision, threads)
 
 
-def fit(target: str, latency: float | None = None, memory: float | None = None, family: str = "efficientnet",
-        precision: str | None = None, percentile: int = 50, phi_min: float | None = None,
-        phi_max: float | None = None, out: str | Path | None = None, force: bool = False,
-        threads: int | None = None, weights: str | Path | None = None, dynamic_batch: bool = False,
-        agent: str | None = None, targets_dir: str | Path | None = None, num_classes: int | None = None,
-        data: DataOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None,
-        noise_margin_pct: float = 2.0) -> dict:
+def check_budget(budget: Budget) -> Budget:
+    """A budget ``deploy fit`` can work with, or a UsageError saying what to change."""
+    if budget.latency_ms is None and budget.memory_mb is None:
+        raise UsageError("give at least one budget: --latency (e.g. 20ms) and/or --memory (e.g. 256MB).")
+    if not 0 <= budget.noise_margin_pct < 50:
+        raise UsageError(f"--noise-margin must be in [0, 50) percent, not {budget.noise_margin_pct:g}.")
+    if budget.percentile not in PERCENTILES:
+        raise UsageError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}.")
+    return budget
+
+
+def _device(target, threads: int, options: DeviceOptions) -> Device | None:
+    """Where candidates are measured: this machine when it is the target, else nowhere (predicted only)."""
+    if options.agent is not None:
+        raise BackendUnavailable("the measurement agent (--agent) is not available yet; fit on 'host' or predict.")
+    return LocalDevice(target, threads) if target.measurable else None
+
+
+def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = None, precision: str | None = None,
+        data: DataOptions | None = None, int8: Int8Options | None = None, run: RunOptions | None = None,
+        device: DeviceOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
     """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
     from pipeline.models import check_family
     from pipeline.predict.targets import load_target
 
     started = time.perf_counter()
-    if latency is None and memory is None:
-        raise UsageError("give at least one budget: --latency (e.g. 20ms) and/or --memory (e.g. 256MB).")
-    if not 0 <= noise_margin_pct < 50:
-        raise UsageError(f"--noise-margin must be in [0, 50) percent, not {noise_margin_pct:g}.")
-    if percentile not in PERCENTILES:
-        raise UsageError(f"--percentile must be one of {', '.join(map(str, PERCENTILES))}.")
-    if agent is not None:
-        raise BackendUnavailable("the measurement agent (--agent) is not available yet; fit on 'host' or predict.")
-    check_family(family)
-    tgt = load_target(target, targets_dir)
-    precision = tgt.check_precision(precision)
-    opts = data or DataOptions()
-    if opts.train_epochs and not opts.data:
-        raise UsageError("--train-epochs needs --data (a labelled set to train on).")
-    if opts.min_accuracy is not None and not (opts.data and opts.train_epochs):
-        raise UsageError("--min-accuracy needs --data and --train-epochs: only a trained model has an accuracy.")
-    num_classes = num_classes or num_classes_of(opts.data)
-    threads = threads or tgt.threads
-    run_dir = _run_dir(out, tgt.name, force)
-    lo, hi = (DEFAULT_PHI_RANGE[0] if phi_min is None else phi_min), (DEFAULT_PHI_RANGE[1] if phi_max is None
-                                                                        else phi_max)
-    predictor = _predictor(tgt, precision, threads, log, progress)
-    budget = Budget(latency, memory, percentile, noise_margin_pct)
-    margin = predictor.heldout_error_pct if predictor.heldout_error_pct is not None else UNKNOWN_ERROR_MARGIN_PCT
-    archs = enumerate_architectures(family, lo, hi)
-
-    def predict_arch(i: int) -> tuple[float, float]:
-        p = predictor.predict(scale_cost(family, archs[i].scale, num_classes))
-        return p.latency_at(percentile), p.memory_mb
-
-    index = {id(a): i for i, a in enumerate(archs)}
-    result = search(archs, lambda a: predict_arch(index[id(a)]), budget, margin, tgt.memory_mb, num_classes)
-    log(f"search: {result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
-        f"φ={result.chosen.phi:g} ({result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
+    budget, search_options = check_budget(budget), search_options or SearchOptions()
+    data, int8 = (data or DataOptions()).check(), (int8 or Int8Options()).check()
+    run, device = run or RunOptions(), device or DeviceOptions()
+    check_family(search_options.family)
+    tgt = load_target(target, device.targets_dir)
+    threads = device.threads or tgt.threads
+    ctx = FitContext(tgt, tgt.check_precision(precision), budget, search_options, data, int8, run, threads,
+                     run.num_classes or num_classes_of(data.data), log=log)
+    ctx.device = _device(tgt, threads, device)
+    run_dir = _run_dir(run.out, tgt.name, run.force)
+    _search(ctx, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
                                 else None))
     try:
-        record = _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, tmp,
-                         weights, dynamic_batch, num_classes, opts, log)
+        record = _finish(ctx, tmp)
         record["search"]["seconds_total"] = round(time.perf_counter() - started, 2)
         record = _relative_paths(record, tmp)
         _write_json(tmp / "fit.json", record)
@@ -143,8 +163,22 @@ def fit(target: str, latency: float | None = None, memory: float | None = None, 
     record["run_dir"] = str(run_dir)
     if record["verified"]["latency"] is False or record["verified"]["memory"] is False:
         raise VerificationFailed(f"the shipped model measured over budget; see {run_dir / 'report.md'}.")
-    raise_if_failed(accuracy_verdict(record["accuracy"], record["int8"], opts)[1], run_dir)
+    raise_if_failed(accuracy_verdict(record["accuracy"], record["int8"], data)[1], run_dir)
     return record
+
+
+def _search(ctx: FitContext, progress) -> None:
+    """Fit the predictor, enumerate the distinct architectures and pick the largest predicted to fit."""
+    lo, hi = ctx.search.phi_range
+    ctx.predictor = _predictor(ctx.target, ctx.precision, ctx.threads, ctx.log, progress)
+    err = ctx.predictor.heldout_error_pct
+    margin = err if err is not None else UNKNOWN_ERROR_MARGIN_PCT
+    ctx.archs = enumerate_architectures(ctx.family, lo, hi)
+    index = {id(a): i for i, a in enumerate(ctx.archs)}
+    ctx.result = search(ctx.archs, lambda a: ctx.predict_arch(index[id(a)]), ctx.budget, margin,
+                        ctx.target.memory_mb, ctx.num_classes)
+    ctx.log(f"search: {ctx.result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
+            f"φ={ctx.result.chosen.phi:g} ({ctx.result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
 
 
 def _relative_paths(data, run: Path):
@@ -163,65 +197,70 @@ def _write_json(path: Path, data: dict) -> None:
     write_json(path, data)
 
 
-def _finish(tgt, family, precision, threads, archs, result, predictor, predict_arch, budget, run: Path,
-            weights, dynamic_batch, num_classes, opts: DataOptions, log) -> dict:
-    from pipeline.export.onnx import DEFAULT_OPSET, export_onnx, parity
+def _candidate(ctx: FitContext, run: Path, i: int, opset: int) -> Path:
+    """The file that would ship for architecture i with deterministic weights (int8: quantized)."""
+    from pipeline.export.onnx import export_onnx
     from pipeline.models import build, initialize
 
-    opset = min(DEFAULT_OPSET, tgt.max_onnx_opset)  # what the target's runtime can parse
+    model = initialize(build(ctx.family, ctx.archs[i].scale, ctx.num_classes), seed=0)
+    if ctx.run.weights is not None:
+        load_weights(model, ctx.run.weights, hint=WEIGHTS_HINT)
+    path = run / f"candidate-{i}.onnx"
+    export_onnx(model, path, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
+    if ctx.precision == "int8":
+        quantize_candidate(path, path, ctx.int8.calibration_method)
+    return path
 
-    def candidate(i: int) -> Path:
-        """The file that would ship for architecture i with deterministic weights (int8: quantized)."""
-        model = initialize(build(family, archs[i].scale, num_classes), seed=0)
-        if weights is not None:
-            load_weights(model, weights, hint=WEIGHTS_HINT)
-        path = run / f"candidate-{i}.onnx"
-        export_onnx(model, path, dynamic_batch=dynamic_batch, opset=opset)
-        if precision == "int8":
-            quantize_candidate(path, path, opts.calibration_method)
-        return path
+
+def _finish(ctx: FitContext, run: Path) -> dict:
+    from pipeline.export.onnx import DEFAULT_OPSET, export_onnx, parity
+
+    opset = min(DEFAULT_OPSET, ctx.target.max_onnx_opset)  # what the target's runtime can parse
 
     def measure(i: int, path: Path | None = None) -> Measurement:
-        return _measure_file(path or candidate(i), i, archs[i], predict_arch(i)[0], threads, budget)
+        return _measure_file(ctx, path or _candidate(ctx, run, i, opset), i)
 
     measurements: list[Measurement] = []
-    chosen = result.chosen.index
-    if tgt.measurable:
-        chosen, measurements = closed_loop(len(archs), chosen, predict_arch, measure, budget, log)
+    chosen = ctx.result.chosen.index
+    if ctx.device is not None:
+        chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log)
         remove_unchosen(measurements, chosen)
-    model, preprocess, training = weights_for(run, family, archs[chosen].scale, num_classes, weights, opts, log)
-    fp32 = run / ("model.fp32.onnx" if precision == "int8" else "model.onnx")
-    export_onnx(model, fp32, dynamic_batch=dynamic_batch, opset=opset)
+    model, preprocess, training = weights_for(run, ctx.family, ctx.archs[chosen].scale, ctx.num_classes,
+                                              ctx.run.weights, ctx.data, ctx.log)
+    fp32 = run / ("model.fp32.onnx" if ctx.precision == "int8" else "model.onnx")
+    export_onnx(model, fp32, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
     par = parity(model, fp32, n=8, precision="fp32")
     if not par:
         raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")
     int8 = None
-    if precision == "int8":
-        int8 = make_int8(run, fp32, archs[chosen].scale.resolution, preprocess, opts, training is not None, log)
+    if ctx.precision == "int8":
+        int8 = make_int8(run, fp32, ctx.archs[chosen].scale.resolution, preprocess, ctx.data, ctx.int8,
+                         training is not None, ctx.log)
     final = next((m for m in measurements if m.index == chosen), None)
     if final is not None:
         shipped, timed = run / "model.onnx", Path(final.onnx)
         if shipped.read_bytes() != timed.read_bytes():  # trained or recalibrated: time the file that ships
             final = measure(chosen, shipped)
-            log(f"re-measured the shipped model: p{budget.percentile} {final.latency_at(budget.percentile):.2f} ms")
+            ctx.log(f"re-measured the shipped model: p{ctx.budget.percentile} "
+                    f"{final.latency_at(ctx.budget.percentile):.2f} ms")
         timed.unlink(missing_ok=True)
-    accuracy = verify_accuracy_step(run, opts, precision, threads)
-    return _record(tgt, family, precision, threads, archs, result, predictor, budget, chosen, measurements, final,
-                   {"parity": par.to_dict(), "weights": weights, "num_classes": num_classes, "int8": int8,
-                    "training": training, "accuracy": accuracy, "opts": opts, "run": run})
+    accuracy = verify_accuracy_step(run, ctx.data, ctx.precision, ctx.threads)
+    return _record(ctx, chosen, measurements, final,
+                   {"parity": par.to_dict(), "int8": int8, "training": training, "accuracy": accuracy, "run": run})
 
 
-def _measure_file(path: Path, i: int, arch, predicted: float, threads: int, budget: Budget) -> Measurement:
-    from pipeline.measure.timing import peak_memory_onnx, time_onnx
-
-    t = time_onnx(path, threads=threads, **TIMING)
-    mem = peak_memory_onnx(path, threads=threads).peak_mb
+def _measure_file(ctx: FitContext, path: Path, i: int) -> Measurement:
+    """Time ``path`` (architecture ``i``) on the fit's device and judge it against the budget."""
+    arch, budget, predicted = ctx.archs[i], ctx.budget, ctx.predict_arch(i)[0]
+    m = ctx.device.measure(path, TIMING, precision=ctx.precision)
+    ctx.measured_on[i] = m
+    t, mem = m.latency, m.memory_mb
     # p50 budgets are judged on the slowest round: what a re-timing a moment later may well see
     stat = {50: t.worst_round_p50_ms, 90: t.p90_ms, 99: t.p99_ms}[budget.percentile]
     return Measurement(i, arch.phi, arch.scale.resolution, round(predicted, 4), round(t.p50_ms, 4),
-                       round(t.p90_ms, 4), round(t.p99_ms, 4), round(mem, 2), t.n, threads,
-                       measured_fits(stat, mem, budget), round(100 * (t.p50_ms / predicted - 1), 2), str(path),
-                       round(t.worst_round_p50_ms, 4))
+                       round(t.p90_ms, 4), round(t.p99_ms, 4), None if mem is None else round(mem, 2), t.n,
+                       ctx.threads, measured_fits(stat, mem, budget), round(100 * (t.p50_ms / predicted - 1), 2),
+                       str(path), round(t.worst_round_p50_ms, 4))
 
 
 def _measured_rejection(m: Measurement, budget: Budget) -> str:
@@ -242,11 +281,11 @@ def _within(value: float | None, limit: float | None) -> bool | None:
     return None if limit is None or value is None else value <= limit
 
 
-def _record(tgt, family, precision, threads, archs, result, predictor, budget, chosen, measurements,
-            final: Measurement | None, extra: dict) -> dict:
-    from pipeline.predict.targets import host_machine
-
-    scale, num_classes = archs[chosen].scale, extra["num_classes"]
+def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final: Measurement | None,
+            extra: dict) -> dict:
+    tgt, family, precision, threads, archs = ctx.target, ctx.family, ctx.precision, ctx.threads, ctx.archs
+    result, predictor, budget, num_classes = ctx.result, ctx.predictor, ctx.budget, ctx.num_classes
+    scale = archs[chosen].scale
     cost = scale_cost(family, scale, num_classes)
     pred = predictor.predict(cost)
     frontier = {c.index: c.to_dict() for c in result.frontier}
@@ -255,18 +294,17 @@ def _record(tgt, family, precision, threads, archs, result, predictor, budget, c
                              "measured_fits": m.fits}
     measured = None if final is None else {
         "latency_ms": final.latency_ms, "latency_ms_p90": final.latency_ms_p90, "latency_ms_p99": final.latency_ms_p99,
-        "memory_mb": final.memory_mb, "device": f"{tgt.name}: {host_machine()['cpu_model']}", "threads": threads,
-        "method": f"ONNX Runtime, {TIMING['warmup']} warm-up, then {TIMING['rounds']} rounds of "
-                  f"≥{TIMING['min_repeats']} runs and ≥{TIMING['min_time_s']}s; fits judged on the slowest round's p50",
+        "memory_mb": final.memory_mb, "device": ctx.measured_on[chosen].device, "threads": threads,
+        "method": f"{ctx.measured_on[chosen].method}; fits judged on the slowest round's p50",
         "latency_ms_worst_round": final.latency_ms_worst_round,
-        "when": datetime.now().astimezone().isoformat(timespec="seconds"), "repeats": final.repeats}
+        "when": ctx.measured_on[chosen].when, "repeats": final.repeats}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
     reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
-    opts: DataOptions = extra["opts"]
+    opts = ctx.data
     verified_accuracy, _ = accuracy_verdict(extra["accuracy"], extra["int8"], opts)
-    weights = extra["weights"]
+    weights = ctx.run.weights
     return {
         "target": tgt.name, "family": family, "precision": precision,
         "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
@@ -286,8 +324,8 @@ def _record(tgt, family, precision, threads, archs, result, predictor, budget, c
                      "accuracy": verified_accuracy},
         "accuracy": extra["accuracy"],
         "int8": extra["int8"],
-        "precisions": precision_table(tgt, family, scale, num_classes, threads, precision, extra["run"], measured,
-                                      extra["accuracy"], extra["int8"]),
+        "precisions": precision_table(tgt, precision, threads, cost, extra["run"],
+                                      {"measured": measured, "accuracy": extra["accuracy"], "int8": extra["int8"]}),
         "training": extra["training"],
         "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png",
                       **({"onnx_fp32": "model.fp32.onnx"} if precision == "int8" else {}),

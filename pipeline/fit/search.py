@@ -14,28 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from pipeline.core.budget import Budget
 from pipeline.core.errors import BudgetInfeasible
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.cost.trace import scale_cost
+from pipeline.fit.options import DEFAULT_PHI_RANGE
 from pipeline.models import signature
 
-DEFAULT_PHI_RANGE = (-4.0, 4.0)
 GRID_STEP = 0.01  # then refined by bisection, so plateaus narrower than the step are still found
 NEIGHBOURS = 3  # candidates either side of the boundary that go into the frontier table
 PLOT_POINTS = 12  # evenly spread candidates evaluated for the report's curve
 
-
-@dataclass(frozen=True)
-class Budget:
-    """What must fit. ``None`` means unconstrained; memory in MiB."""
-
-    latency_ms: float | None = None
-    memory_mb: float | None = None
-    percentile: int = 50
-    noise_margin_pct: float = 2.0  # a *measured* value this close under a budget counts as over it
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["DEFAULT_PHI_RANGE", "Budget", "enumerate_architectures", "search"]
 
 
 @dataclass(frozen=True)

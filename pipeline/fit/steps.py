@@ -9,37 +9,16 @@ checks accuracy against PyTorch (and INT8 against fp32) on the validation split.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.errors import VerificationFailed
+from pipeline.fit.options import DataOptions, Int8Options
 
 CANDIDATE_CALIBRATION = 16
 WEIGHTS_HINT = ("Train this architecture or pass --phi-min/--phi-max so the search picks the one the weights "
                 "are for.")  # random images: enough to quantize a candidate whose *latency* is measured
-
-
-@dataclass
-class DataOptions:
-    """The ``fit`` flags about data, training and INT8."""
-
-    data: str | None = None
-    train_epochs: int | None = None
-    teacher: str | None = None
-    init_from: str | None = None
-    min_accuracy: float | None = None
-    calibration_data: str | None = None
-    calibration_method: str = "percentile"
-    calibration_samples: int = 256
-    int8_exclude: tuple[str, ...] = ()
-    int8_max_drop_pp: float = 1.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def calibration_spec(self) -> str:
-        return self.calibration_data or self.data or "builtin:digits"
 
 
 def num_classes_of(spec: str | None, default: int = 1000) -> int:
@@ -94,8 +73,8 @@ def default_preprocess(spec: str, resolution: int):
     return load_dataset(spec).default_preprocess(resolution)
 
 
-def make_int8(run: Path, fp32: Path, resolution: int, preprocess, opts: DataOptions, trained: bool,
-              log: Callable[[str], None]) -> dict:
+def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOptions, opts: Int8Options,
+              trained: bool, log: Callable[[str], None]) -> dict:
     """Quantize ``fp32`` into ``run/model.onnx`` with the run's calibration set, and gate its accuracy."""
     from pipeline.export.quantize import (
         calibration_batches,
@@ -105,13 +84,13 @@ def make_int8(run: Path, fp32: Path, resolution: int, preprocess, opts: DataOpti
         validation_set,
     )
 
-    spec = opts.calibration_spec
+    spec = opts.calibration_spec(data)
     pp = preprocess or default_preprocess(spec, resolution)
     calib = calibration_batches(spec, pp, opts.calibration_samples)
     q = quantize_onnx(fp32, run / "model.onnx", calib, method=opts.calibration_method,
-                      exclude_nodes=opts.int8_exclude)
+                      exclude_nodes=opts.exclude)
     x, y = validation_set(spec, pp)
-    gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y if trained else None, opts.int8_max_drop_pp,
+    gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y if trained else None, opts.max_drop_pp,
                               raise_on_failure=False)
     record = {"quantization": q.to_dict(), "gate": gate.to_dict(), "calibration_data": spec, "sensitivity": None,
               "gated": trained}
@@ -162,8 +141,7 @@ def raise_if_failed(message: str | None, run_dir: Path) -> None:
         raise VerificationFailed(f"{message}; see {run_dir / 'report.md'}.")
 
 
-def precision_table(tgt, family: str, scale, num_classes: int, threads: int, precision: str, run: Path,
-                    measured: dict | None, accuracy: dict | None, int8: dict | None) -> list[dict]:
+def precision_table(tgt, precision: str, threads: int, cost, run: Path, outcome: dict) -> list[dict]:
     """One row per precision (fp32, fp16, int8): latency with its provenance, size, accuracy.
 
     The run's own precision uses its measurement when there is one; the others are predicted
@@ -171,10 +149,9 @@ def precision_table(tgt, family: str, scale, num_classes: int, threads: int, pre
     that the target cannot run, gets ``latency_ms: null`` and the reason, never a guess.
     """
     from pipeline.core.errors import DeployError
-    from pipeline.cost.trace import scale_cost
     from pipeline.predict.predictor import load_predictor
 
-    cost = scale_cost(family, scale, num_classes)
+    measured, accuracy, int8 = outcome["measured"], outcome["accuracy"], outcome["int8"]
     rows = []
     for p in ("fp32", "fp16", "int8"):
         row: dict = {"precision": p, "latency_ms": None, "latency_source": None, "size_mb": None,

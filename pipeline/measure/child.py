@@ -1,4 +1,4 @@
-"""Child process of :func:`pipeline.measure.timing.peak_memory_onnx` (``python -m pipeline.measure.child``).
+"""Child process of :func:`pipeline.measure.memory.peak_memory_onnx` (``python -m pipeline.measure.child``).
 
 Prints exactly one JSON line on stdout: ``{"peak_kib", "baseline_kib", "vmhwm_kib",
 "method"}`` or ``{"error", "kind"}``. Runs in its own process so that the parent's
@@ -37,7 +37,7 @@ def measure(model: str, threads: int, runs: int, reset: bool = True) -> dict:
     import numpy  # noqa: F401  (part of the baseline, like onnxruntime)
     import onnxruntime  # noqa: F401
 
-    from pipeline.measure.timing import ort_session, random_inputs
+    from pipeline.runtimes.onnxruntime import ort_session, random_inputs
 
     if reset and _reset_peak():
         baseline = _status_kib("VmHWM")["VmHWM"]

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.core.budget import Budget
 from pipeline.core.errors import BudgetInfeasible
-from pipeline.fit.search import Budget
 
 MAX_MEASUREMENTS = 6
 # Budget.noise_margin_pct (default 2%, `fit --noise-margin`): a measured latency this close under

@@ -13,7 +13,7 @@ inside methods only, so importing this package never needs them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,15 @@ import numpy as np
 from pipeline.core.errors import BackendUnavailable, UnknownName
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def check_threads(threads: int | None, *, required: bool) -> int | None:
+    if threads is None and not required:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r} (0 would let the runtime pick)")
+    return threads
+
 
 
 class Session(abc.ABC):
@@ -43,14 +52,14 @@ class Session(abc.ABC):
         dims = [d if isinstance(d, int) and d > 0 else 1 for d in self.input_shape]
         return np.random.default_rng(seed).standard_normal(dims, dtype=np.float32)
 
-    def time(self, inputs: np.ndarray | None = None, *, warmup: int = 10, min_repeats: int = 30,
-             min_time_s: float = 1.0, max_time_s: float | None = None, seed: int = 0):
-        """Latency of :meth:`run` on ``inputs`` (default :meth:`example_input`): a ``Timing``."""
-        from pipeline.measure.timing import time_callable
+    def bind(self, inputs: np.ndarray) -> Callable[[], Any]:
+        """A zero-argument callable that runs one inference on ``inputs``: what the timing harness calls.
 
-        x = self.example_input(seed) if inputs is None else np.ascontiguousarray(inputs, dtype=np.float32)
-        return time_callable(lambda: self.run(x), warmup=warmup, min_repeats=min_repeats, min_time_s=min_time_s,
-                             max_time_s=max_time_s, threads=self.threads)
+        Backends override it to prepare everything (feeds, buffers) once, so the timed call is
+        the inference and nothing else.
+        """
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        return lambda: self.run(x)
 
     def predict(self, inputs: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Logits for any number of images, fed in batches the input shape accepts (batch 1 when it is static)."""
@@ -91,6 +100,15 @@ class Runtime(abc.ABC):
               **kw) -> Path:
         """Turn ``onnx_path`` into this runtime's artifact in ``out_dir``; returns its path."""
 
+    def prepare(self, onnx_path: str | Path, work_dir: str | Path, precision: str = "fp32", target: Any = None
+                ) -> Path:
+        """What :meth:`load` needs to run ``onnx_path`` at ``precision``: by default the :meth:`build` artifact."""
+        return self.build(onnx_path, work_dir, precision, target=target)
+
+    def version(self) -> str | None:
+        """The runtime's version, or None when it is not installed."""
+        return None
+
     @abc.abstractmethod
     def load(self, artifact: str | Path, **kw) -> Session:
         """Load an artifact made by :meth:`build` (or an ONNX file, where the runtime runs ONNX directly)."""
@@ -105,4 +123,4 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-__all__ = ["PRECISIONS", "Runtime", "Session", "check_precision"]
+__all__ = ["PRECISIONS", "Runtime", "Session", "check_precision", "check_threads"]

@@ -82,7 +82,7 @@ class _OnnxClassifier:
     """An ORT session over a fixed- or dynamic-batch classifier; checks the input shape once."""
 
     def __init__(self, onnx: Path, threads: int, image_shape: tuple[int, ...]):
-        from pipeline.measure.timing import ort_session
+        from pipeline.runtimes.onnxruntime import ort_session
 
         self.path = onnx
         self.sess = ort_session(onnx, threads)

@@ -1,0 +1,104 @@
+"""``deploy fit``'s options as data: one frozen dataclass per concern, each checked where it is made.
+
+The CLI builds these from its flags; library callers (benches, tests, a notebook) build them
+directly. Grouping keeps every function's signature short and makes a run's settings a
+value that can be printed, compared and recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.core.errors import UsageError
+
+DEFAULT_PHI_RANGE = (-4.0, 4.0)
+PERCENTILES = (50, 90, 99)
+CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What to search: the family and the compound-φ range (``None``: the default range)."""
+
+    family: str = "efficientnet"
+    phi_min: float | None = None
+    phi_max: float | None = None
+
+    @property
+    def phi_range(self) -> tuple[float, float]:
+        lo = DEFAULT_PHI_RANGE[0] if self.phi_min is None else float(self.phi_min)
+        hi = DEFAULT_PHI_RANGE[1] if self.phi_max is None else float(self.phi_max)
+        if lo > hi:
+            raise UsageError(f"--phi-min {lo:g} is above --phi-max {hi:g}.")
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Data and training: the labelled set, how long to train, where to start from, the accuracy floor."""
+
+    data: str | None = None
+    train_epochs: int | None = None
+    teacher: str | None = None
+    init_from: str | None = None
+    min_accuracy: float | None = None  # a fraction in [0, 1]
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.data and self.train_epochs)
+
+    def check(self) -> DataOptions:
+        if self.train_epochs and not self.data:
+            raise UsageError("--train-epochs needs --data (a labelled set to train on).")
+        if self.min_accuracy is not None and not self.trains:
+            raise UsageError("--min-accuracy needs --data and --train-epochs: only a trained model has an accuracy.")
+        if self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1:
+            raise UsageError(f"--min-accuracy is a fraction in [0, 1], not {self.min_accuracy:g}.")
+        return self
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """INT8: the calibration set and method, nodes kept in float, and the accuracy gate (percentage points)."""
+
+    calibration_data: str | None = None
+    calibration_method: str = "percentile"
+    calibration_samples: int = 256
+    exclude: tuple[str, ...] = ()
+    max_drop_pp: float = 1.0
+
+    def calibration_spec(self, data: DataOptions) -> str:
+        """The set INT8 calibrates on: ``--calibration-data``, else ``--data``, else the built-in digits."""
+        return self.calibration_data or data.data or "builtin:digits"
+
+    def check(self) -> Int8Options:
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise UsageError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}.")
+        if self.calibration_samples < 1 or self.max_drop_pp < 0:
+            raise UsageError("--calibration-samples must be >= 1 and --int8-max-drop-pp >= 0.")
+        return self
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where the run goes and what it ships: output folder, replacement, given weights, export shape, classes."""
+
+    out: str | Path | None = None
+    force: bool = False
+    weights: str | Path | None = None
+    dynamic_batch: bool = False
+    num_classes: int | None = None
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """Where it is measured: runtime threads, a measurement agent, and extra target files."""
+
+    threads: int | None = None
+    agent: str | None = None
+    targets_dir: str | Path | None = None
+
+
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_PHI_RANGE", "PERCENTILES", "DataOptions", "DeviceOptions",
+           "Int8Options", "RunOptions", "SearchOptions"]
