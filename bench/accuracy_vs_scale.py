@@ -30,7 +30,7 @@ from pipeline.data.datasets import load_dataset  # noqa: E402
 from pipeline.export.onnx import export_onnx  # noqa: E402
 from pipeline.measure.timing import compare_interleaved
 from pipeline.runtimes.onnxruntime import ort_session, random_inputs  # noqa: E402
-from pipeline.train.trainer import load_checkpoint, train  # noqa: E402
+from pipeline.train.trainer import TrainOptions, load_checkpoint, train  # noqa: E402
 
 NAME = "accuracy_vs_scale"
 SCOPE = ("DIGITS-SPECIFIC: scikit-learn handwritten digits (8x8 grayscale, 10 classes); "
@@ -42,9 +42,10 @@ def run_one(family: str, phi: float, data, args, out: Path, teacher: str | None 
     resolution = scale.resolution if args.resolution == "nominal" else (
         None if args.resolution == "dataset" else int(args.resolution))
     tag = f"phi{phi:g}" + ("-kd" if teacher else "")
-    result = train(family, scale, data, out_dir=out / tag, epochs=args.epochs, batch_size=args.batch_size,
-                   seed=args.seed, resolution=resolution, teacher=teacher, temperature=args.temperature,
-                   alpha_kd=args.alpha_kd, log=lambda m: print(f"  [{tag}] {m}", flush=True))
+    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, resolution=resolution,
+                        teacher=teacher, temperature=args.temperature, alpha_kd=args.alpha_kd)
+    result = train(family, scale, data, out_dir=out / tag, options=opts,
+                   log=lambda m: print(f"  [{tag}] {m}", flush=True))
     ck = load_checkpoint(result.checkpoint)
     onnx_path = out / tag / "model.onnx"
     export_onnx(ck.model(), onnx_path, resolution=ck.preprocess.resolution)

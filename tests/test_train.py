@@ -16,6 +16,7 @@ from pipeline.core.scaling import CompoundScaling, resolve_scale
 from pipeline.data.datasets import Preprocess, load_dataset
 from pipeline.models import build
 from pipeline.train.trainer import (
+    TrainOptions,
     distillation_loss,
     inherit_weights,
     init_for_training,
@@ -192,21 +193,22 @@ def test_cli_train_json_and_checkpoint(tmp_path, digits_small):
 
 def test_train_is_deterministic_and_transfers(tmp_path, digits_small):
     kw = dict(epochs=1, resolution=16, batch_size=32, seed=5)
-    a = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "a", **kw)
-    b = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "b", **kw)
+    a = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "a", options=TrainOptions(**kw))
+    b = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "b", options=TrainOptions(**kw))
     sa, sb = load_checkpoint(a.checkpoint).state_dict, load_checkpoint(b.checkpoint).state_dict
     assert a.val_accuracy == b.val_accuracy and all(torch.equal(sa[k], sb[k]) for k in sa)
-    c = train("efficientnet", resolve_scale(phi=-5), digits_small, out_dir=tmp_path / "c", init_from=tmp_path / "a",
-              **kw)
+    c = train("efficientnet", resolve_scale(phi=-5), digits_small, out_dir=tmp_path / "c",
+              options=TrainOptions(init_from=tmp_path / "a", **kw))
     assert c.transfer and 0 < c.transfer["share"] <= 1 and c.transfer["classifier"] == "inherited"
     with pytest.raises(UsageError, match="same family"):
-        train("mobilenetv2", TINY, digits_small, out_dir=tmp_path / "d", init_from=tmp_path / "a", **kw)
+        train("mobilenetv2", TINY, digits_small, out_dir=tmp_path / "d", options=TrainOptions(init_from=tmp_path / "a",
+                                                                                              **kw))
 
 
 def test_train_with_teacher(tmp_path, digits_small):
     kw = dict(epochs=1, resolution=16, batch_size=32)
-    t = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "t", **kw)
-    s = train("mobilenetv2", resolve_scale(phi=-5), digits_small, out_dir=tmp_path / "s", teacher=t.checkpoint,
-              temperature=2.0, alpha_kd=0.7, **kw)
+    t = train("efficientnet", TINY, digits_small, out_dir=tmp_path / "t", options=TrainOptions(**kw))
+    s = train("mobilenetv2", resolve_scale(phi=-5), digits_small, out_dir=tmp_path / "s",
+              options=TrainOptions(teacher=t.checkpoint, temperature=2.0, alpha_kd=0.7, **kw))
     assert s.teacher["family"] == "efficientnet" and s.teacher["alpha_kd"] == 0.7
     assert s.teacher["val_accuracy"] == pytest.approx(t.val_accuracy)

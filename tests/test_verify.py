@@ -16,7 +16,7 @@ from pipeline.core.errors import EXIT_VERIFICATION, ModelInvalid, VerificationFa
 from pipeline.core.scaling import resolve_scale
 from pipeline.data.datasets import load_dataset
 from pipeline.export.onnx import export_onnx
-from pipeline.train.trainer import load_checkpoint, train
+from pipeline.train.trainer import TrainOptions, load_checkpoint, train
 from pipeline.train.verify import VerifyReport, verify_accuracy
 
 
@@ -33,7 +33,8 @@ def digits_small(tmp_path_factory):
 def trained(tmp_path_factory, digits_small):
     """A tiny EfficientNet trained for 3 epochs on 300 digits at 16 px (~45 % top-1): a run dir with checkpoint.pt."""
     out = tmp_path_factory.mktemp("run")
-    train("efficientnet", resolve_scale(phi=-4), digits_small, out_dir=out, epochs=3, resolution=16, batch_size=16)
+    train("efficientnet", resolve_scale(phi=-4), digits_small, out_dir=out,
+          options=TrainOptions(epochs=3, resolution=16, batch_size=16))
     return out
 
 

@@ -187,12 +187,14 @@ def _predict_text(d: dict) -> str:
 def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, onnx,
             precision, threads, num_classes, profile_path, targets_dir, as_json):
     """Predict p50 latency and peak memory of a model on a target, with provenance and error."""
+    from pipeline.core.scaling import resolve_scale
     from pipeline.predict.predictor import predict as run
 
     if any(v is not None for v in (alpha, beta, gamma)):
         raise click.UsageError("predict uses the default α, β, γ; custom constants are for describe/fit.")
-    data = run(target_name, family, phi, phi_depth, phi_width, phi_resolution, preset, onnx, precision, threads,
-               num_classes, targets_dir, profile_path)
+    model = onnx if onnx is not None else resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset)
+    data = run(target_name, model, family, precision=precision, threads=threads, num_classes=num_classes,
+               targets_dir=targets_dir, profile_path=profile_path)
     emit(data, as_json, _predict_text)
 
 
@@ -342,13 +344,14 @@ def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta
           lr, seed, resolution, init_from, teacher, temperature, alpha_kd, device, out, as_json):
     """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
     from pipeline.core.scaling import resolve_scale
+    from pipeline.train.trainer import TrainOptions
     from pipeline.train.trainer import train as run
 
     scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling_from(alpha, beta, gamma))
     progress, log = _train_progress()
-    result = run(family, scale, data, out_dir=out or Path("runs") / f"train-{family}", epochs=epochs,
-                 batch_size=batch_size, lr=lr, seed=seed, resolution=resolution, init_from=init_from,
-                 teacher=teacher, temperature=temperature, alpha_kd=alpha_kd, device=device,
+    opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
+                        init_from=init_from, teacher=teacher, temperature=temperature, alpha_kd=alpha_kd, device=device)
+    result = run(family, scale, data, out_dir=out or Path("runs") / f"train-{family}", options=opts,
                  progress=progress, log=log)
     emit(result.to_dict(), as_json, _train_text)
 

@@ -294,13 +294,10 @@ def device_profile_path(target, precision: str, threads: int | None) -> Path | N
     return found[0] if found else None
 
 
-def predict(target_name: str, family: str = "efficientnet", phi: float | None = None,
-            phi_depth: float | None = None, phi_width: float | None = None, phi_resolution: float | None = None,
-            preset_name: str | None = None, onnx: str | Path | None = None, precision: str | None = None,
-            threads: int | None = None, num_classes: int = 1000, targets_dir: str | Path | None = None,
-            profile_path: str | Path | None = None) -> dict:
-    """``deploy predict``: predicted latency and memory of one model on one target, with provenance."""
-    from pipeline.core.scaling import resolve_scale
+def predict(target_name: str, model: Scale | str | Path, family: str = "efficientnet", *,
+            precision: str | None = None, threads: int | None = None, num_classes: int = 1000,
+            targets_dir: str | Path | None = None, profile_path: str | Path | None = None) -> dict:
+    """``deploy predict``: predicted latency and memory of one model (a scale of ``family``, or an ONNX file)."""
     from pipeline.cost.describe import describe_scale
     from pipeline.cost.onnx import onnx_cost
     from pipeline.models import check_family
@@ -311,13 +308,12 @@ def predict(target_name: str, family: str = "efficientnet", phi: float | None = 
     if profile_path is None and not target.measurable:
         profile_path = device_profile_path(target, precision, threads)
     predictor = load_predictor(target, precision, threads, Path(profile_path) if profile_path else None)
-    if onnx is not None:
-        cost = onnx_cost(onnx)
-        model = {"onnx": str(onnx), "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
-                 "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes}
+    if isinstance(model, Scale):
+        described = describe_scale(check_family(family), model, num_classes)
+        cost = _cached_cost(family, model, num_classes)
     else:
-        scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset_name)
-        model = describe_scale(check_family(family), scale, num_classes)
-        cost = _cached_cost(family, scale, num_classes)
+        cost = onnx_cost(model)
+        described = {"onnx": str(model), "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
+                     "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes}
     pred = predictor.predict(cost)
-    return {"target": target.name, "precision": precision, **pred.to_dict(), **model}
+    return {"target": target.name, "precision": precision, **pred.to_dict(), **described}

@@ -425,30 +425,29 @@ def _check_same_classes(what: str, classes: tuple[str, ...], data: LabelledData)
                           f"{list(data.classes)[:10]}; they must be the same, in the same order.")
 
 
-def train(
-    family: str,
-    scale: Scale,
-    data: str | Path | LabelledData,
-    *,
-    out_dir: str | Path,
-    epochs: int = DEFAULTS["epochs"],
-    batch_size: int = DEFAULTS["batch_size"],
-    lr: float = DEFAULTS["lr"],
-    weight_decay: float = DEFAULTS["weight_decay"],
-    seed: int = 0,
-    resolution: int | None = None,
-    init_from: str | Path | None = None,
-    teacher: str | Path | None = None,
-    temperature: float = DEFAULTS["temperature"],
-    alpha_kd: float = DEFAULTS["alpha_kd"],
-    label_smoothing: float = DEFAULTS["label_smoothing"],
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    split_seed: int = DEFAULT_SPLIT_SEED,
-    device: str | None = None,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-    clean_stale: bool = True,
-) -> TrainResult:
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train: schedule, seed, input size, transfer/distillation sources, split, compute device."""
+
+    epochs: int = DEFAULTS["epochs"]
+    batch_size: int = DEFAULTS["batch_size"]
+    lr: float = DEFAULTS["lr"]
+    weight_decay: float = DEFAULTS["weight_decay"]
+    seed: int = 0
+    resolution: int | None = None
+    init_from: str | Path | None = None
+    teacher: str | Path | None = None
+    temperature: float = DEFAULTS["temperature"]
+    alpha_kd: float = DEFAULTS["alpha_kd"]
+    label_smoothing: float = DEFAULTS["label_smoothing"]
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    split_seed: int = DEFAULT_SPLIT_SEED
+    device: str | None = None
+
+
+def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir: str | Path,
+          options: TrainOptions | None = None, progress: Progress | None = None,
+          log: Callable[[str], None] | None = None, clean_stale: bool = True) -> TrainResult:
     """Train ``family`` at ``scale`` on ``data``; keep the best epoch; write checkpoint.pt and train.json.
 
     ``resolution`` is the input side length trained at (and exported at). ``None`` means
@@ -466,6 +465,11 @@ def train(
     """
     t0 = time.perf_counter()
     check_family(family)
+    o = options or TrainOptions()
+    epochs, batch_size, lr, weight_decay, seed = o.epochs, o.batch_size, o.lr, o.weight_decay, o.seed
+    resolution, init_from, teacher, temperature, alpha_kd = o.resolution, o.init_from, o.teacher, o.temperature, \
+        o.alpha_kd
+    label_smoothing, val_fraction, split_seed, device = o.label_smoothing, o.val_fraction, o.split_seed, o.device
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UsageError(f"{name} must be an integer >= {low}, got {value!r}.")
@@ -588,6 +592,7 @@ def train(
 __all__ = [
     "CHECKPOINT_NAME",
     "Checkpoint",
+    "TrainOptions",
     "TrainResult",
     "TransferReport",
     "distillation_loss",
