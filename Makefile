@@ -10,12 +10,14 @@ install:
 	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: it takes the local CPU wheel instead of a multi-GB CUDA build
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# torch first, pinned: it takes the local CPU wheel instead of a multi-GB CUDA build.
+	# constraints.txt pins every package to the version CI tests (torch to 2.13.0+cpu).
+	$(BIN)/pip install --quiet -c constraints.txt $(TORCH)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/deploy --version
 
-test:
+# ruff first: a lint failure stops `make test` before the (long) suite runs.
+test: lint
 	$(BIN)/python -m pytest -m "not gpu and not hil" -q
 
 lint:
