@@ -2,7 +2,7 @@
 
 Every failure a user can cause is a :class:`DeployError` with a message that says
 what to do next. The CLI maps ``exit_code`` to the process exit status, so the
-exit-code contract of DESIGN.md lives here, next to the errors that produce it.
+exit-code contract (docs/architecture.md, "Exit codes") lives here, next to the errors that produce it.
 """
 
 from __future__ import annotations
