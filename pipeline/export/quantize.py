@@ -302,15 +302,38 @@ def _node_names(path: Path) -> list[tuple[str, str]]:
     return [(n.name, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node]
 
 
-def _quantize(pre: Path, out: Path, reader, *, runtime: str, method: str, per_channel: bool, percentile: float,
-              exclude: Sequence[str] = (), only: Sequence[str] | None = None, op_types: Sequence[str] | None = None,
-              cache: Path | None = None) -> None:
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How to quantize: calibration ``method``, per-channel weights, the ``runtime`` whose INT8 flavour to emit
+    (u8/s8 for ONNX Runtime's CPU kernels, symmetric s8 for TensorRT), the percentile of the percentile method,
+    which op types to quantize (``None``: all that can be) and how many calibration batches to take at most."""
+
+    method: str = "percentile"
+    per_channel: bool = True
+    runtime: str = "onnxruntime"
+    percentile: float = DEFAULT_PERCENTILE
+    op_types: tuple[str, ...] | None = None
+    calibration_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", str(self.method).lower())
+        _method(self.method)
+        _settings(self.runtime)
+        if not (0 < self.percentile <= 100):
+            raise UsageError(f"percentile must be in (0, 100], got {self.percentile}.")
+        if self.op_types is not None:
+            object.__setattr__(self, "op_types", tuple(self.op_types))
+
+
+def _quantize(pre: Path, out: Path, reader, q: QuantizeSettings, *, exclude: Sequence[str] = (),
+              only: Sequence[str] | None = None, cache: Path | None = None) -> None:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
+    runtime, method, per_channel, op_types = q.runtime, q.method, q.per_channel, q.op_types
     s = _settings(runtime)
     extra = dict(s["extra"])
     if method == "percentile":
-        extra["CalibPercentile"] = float(percentile)
+        extra["CalibPercentile"] = float(q.percentile)
     kwargs = {}
     if cache is not None:
         kwargs["calibration_cache_path"] = str(cache)
@@ -327,10 +350,9 @@ def _quantize(pre: Path, out: Path, reader, *, runtime: str, method: str, per_ch
         raise ModelInvalid(f"static quantization of {pre.name} failed: {type(exc).__name__}: {exc}") from None
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_inputs: Any, method: str = "percentile",
-                  per_channel: bool = True, exclude_nodes: Iterable[str] = (), runtime: str = "onnxruntime", *,
-                  calibration_batches: int | None = None, percentile: float = DEFAULT_PERCENTILE,
-                  op_types: Sequence[str] | None = None, threads: int = 1) -> QuantizeResult:
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_inputs: Any,
+                  settings: QuantizeSettings | None = None, *, exclude_nodes: Iterable[str] = (), threads: int = 1,
+                  **overrides: Any) -> QuantizeResult:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``, calibrated on ``calibration_inputs``.
 
     ``runtime="onnxruntime"``: u8 activations / s8 weights (asymmetric activations), for
@@ -340,19 +362,17 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
     ``calibration_batches`` caps the number of batches (of the model's batch size; 1 for
     a static batch-1 export) taken from ``calibration_inputs``. ``exclude_nodes`` names
     nodes (as in the fp32 model) to keep in float; an unknown name is a UsageError.
-    The output is written atomically.
+    The output is written atomically. ``overrides`` are :class:`QuantizeSettings` fields
+    (``method="minmax"``, ``runtime="tensorrt"``, ...).
     """
     started = time.perf_counter()
-    method = str(method).lower()
-    _method(method)
-    _settings(runtime)
+    q = dataclasses.replace(settings or QuantizeSettings(), **overrides)
+    method, per_channel, runtime, percentile = q.method, q.per_channel, q.runtime, q.percentile
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     input_name, shape = _model_input(fp32_path)
     inputs = _check_inputs(calibration_inputs, "calibration inputs", shape)
-    if not (0 < percentile <= 100):
-        raise UsageError(f"percentile must be in (0, 100], got {percentile}.")
     batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else 1
-    reader = ArrayCalibrationReader(input_name, inputs, batch, calibration_batches)
+    reader = ArrayCalibrationReader(input_name, inputs, batch, q.calibration_batches)
     exclude = tuple(dict.fromkeys(exclude_nodes))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefit-quant-") as tmp:
@@ -365,8 +385,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
             raise UsageError(f"cannot exclude unknown node(s) {', '.join(unknown)} of {fp32_path.name}; "
                              f"node names look like: {sample}, ...")
         tmp_out = Path(tmp) / "quantized.onnx"
-        _quantize(pre, tmp_out, reader, runtime=runtime, method=method, per_channel=per_channel,
-                  percentile=percentile, exclude=exclude, op_types=op_types)
+        _quantize(pre, tmp_out, reader, q, exclude=exclude)
         ops = _count_ops(tmp_out)
         if ops.get("QuantizeLinear", 0) == 0:
             raise ModelInvalid(f"quantizing {fp32_path.name} inserted no QuantizeLinear node: nothing was quantized "
@@ -497,11 +516,8 @@ def _layer_error(node: str, op: str, got: np.ndarray, ref: np.ndarray, labels: n
 
 
 def layer_sensitivity(fp32_path: str | Path, calibration_inputs: Any, eval_inputs: Any, eval_labels: Any = None, *,
-                      reference_logits: Any = None, method: str = "percentile", runtime: str = "onnxruntime",
-                      op_types: Sequence[str] = ("Conv", "Gemm", "MatMul"), max_layers: int = 24,
-                      nodes: Sequence[str] | None = None, per_channel: bool = True,
-                      calibration_batches: int | None = None, percentile: float = DEFAULT_PERCENTILE,
-                      threads: int = 1) -> SensitivityReport:
+                      reference_logits: Any = None, max_layers: int = 24, nodes: Sequence[str] | None = None,
+                      threads: int = 1, **settings: Any) -> SensitivityReport:
     """Quantize one layer at a time and rank the layers by the error each causes (worst first).
 
     Calibration runs once (its ranges are cached and reused for every layer). The error
@@ -509,10 +525,13 @@ def layer_sensitivity(fp32_path: str | Path, calibration_inputs: Any, eval_input
     (``reference_logits``, or the fp32 model's own on ``eval_inputs``), with top-1
     agreement and, given ``eval_labels``, the accuracy drop. Bounded: only nodes of
     ``op_types`` (or the named ``nodes``), at most ``max_layers`` of them, spread evenly
-    over the depth when there are more (the others are listed in ``skipped``).
+    over the depth when there are more (the others are listed in ``skipped``). ``settings`` are
+    :class:`QuantizeSettings` fields; ``op_types`` defaults to Conv, Gemm and MatMul here.
     """
     started = time.perf_counter()
-    method = str(method).lower()
+    q = QuantizeSettings(**{"op_types": ("Conv", "Gemm", "MatMul"), **settings})
+    method, runtime, op_types = q.method, q.runtime, q.op_types
+    q = dataclasses.replace(q, op_types=None)  # op_types choose the layers tested, each quantized on its own
     fp32_path = Path(fp32_path)
     input_name, shape = _model_input(fp32_path)
     calib = _check_inputs(calibration_inputs, "calibration inputs", shape)
@@ -546,17 +565,15 @@ def layer_sensitivity(fp32_path: str | Path, calibration_inputs: Any, eval_input
         skipped = tuple(n for n, _ in candidates if n not in {c for c, _ in chosen})
         cache = tmp / "calibration.json"
         full = tmp / "all.onnx"
-        reader = ArrayCalibrationReader(input_name, calib, batch, calibration_batches)
-        common = {"runtime": runtime, "method": method, "per_channel": per_channel, "percentile": percentile}
+        reader = ArrayCalibrationReader(input_name, calib, batch, q.calibration_batches)
         use_cache = _supports_calibration_cache()
-        _quantize(pre, full, reader, cache=cache if use_cache else None, **common)
+        _quantize(pre, full, reader, q, cache=cache if use_cache else None)
         baseline = _layer_error("<all layers>", "*", _logits(full, x, threads), ref, labels)
         results = []
         for name, op in chosen:
             one = tmp / "one.onnx"
             reader.rewind()
-            _quantize(pre, one, None if use_cache else reader, only=[name], cache=cache if use_cache else None,
-                      **common)
+            _quantize(pre, one, None if use_cache else reader, q, only=[name], cache=cache if use_cache else None)
             results.append(_layer_error(name, op, _logits(one, x, threads), ref, labels))
     results.sort(key=lambda r: r.rel_l2, reverse=True)
     return SensitivityReport(tuple(results), baseline, len(chosen), skipped, method, runtime,
@@ -625,5 +642,6 @@ def make_entropy_calibrator(calibration_inputs: Any, cache_path: str | Path, *, 
 
 
 __all__ = ["DEFAULT_MAX_DROP_PP", "METHODS", "QUANT_RUNTIMES", "ArrayCalibrationReader", "GateReport", "LayerError",
+           "QuantizeSettings",
            "QuantizeResult", "SensitivityReport", "calibration_batches", "int8_accuracy_gate", "layer_sensitivity",
            "make_entropy_calibrator", "ort_fused_ops", "quantize_onnx", "validation_set"]
