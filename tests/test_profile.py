@@ -1,16 +1,22 @@
-"""Profiles: the shipped published/roofline files, schema validation, and atomic save."""
+"""Profiles: the shipped published/roofline files, schema validation, the JSON Schema file, and atomic save."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMissing
+from pipeline.core.io import file_lock
 from pipeline.core.paths import project_root
-from pipeline.predict.profile import FAMILIES, Profile, load_profile, now_iso, save_profile
+from pipeline.predict.profile import FAMILIES, Profile, load_profile, now_iso, save_profile, validate_record
+from pipeline.predict.schemas import render_schemas
 from pipeline.predict.targets import load_target
 
 CALIBRATION = project_root() / "calibration"
@@ -140,20 +146,21 @@ BAD = [
     ("runtime version", lambda d: {**d, "runtime": {"name": "onnxruntime"}}, "'runtime.version'"),
     ("no records", lambda d: {**d, "records": []}, "'records'"),
     ("negative latency", lambda d: {**d, "records": [record(latency_ms={"p50": -1.0})]}, "records[0]"),
-    ("zero latency", lambda d: {**d, "records": [record(latency_ms={"p50": 0})]}, "'latency_ms.p50'"),
-    ("nan latency", lambda d: {**d, "records": [record(latency_ms={"p50": math.nan})]}, "'latency_ms.p50'"),
-    ("inf latency", lambda d: {**d, "records": [record(latency_ms={"p50": math.inf})]}, "'latency_ms.p50'"),
-    ("no p50", lambda d: {**d, "records": [record(latency_ms={"p90": 3.0})]}, "'latency_ms'"),
-    ("p90 below p50", lambda d: {**d, "records": [record(latency_ms={"p50": 3.0, "p90": 2.0})]}, "'latency_ms'"),
-    ("negative memory", lambda d: {**d, "records": [record(peak_memory_mb=-5)]}, "'peak_memory_mb'"),
-    ("unknown family", lambda d: {**d, "records": [record(), record(family="vgg16")]}, "records[1]: 'family'"),
-    ("bad preset", lambda d: {**d, "records": [record(preset="b9")]}, "'preset'"),
-    ("no scale", lambda d: {**d, "records": [record(phi=None, phi_depth=None)]}, "'phi'"),
-    ("bad resolution", lambda d: {**d, "records": [record(resolution=224.0)]}, "'resolution'"),
-    ("bad kind", lambda d: {**d, "records": [record(kind="layer")]}, "'kind'"),
+    ("zero latency", lambda d: {**d, "records": [record(latency_ms={"p50": 0})]}, "'records[0].latency_ms.p50'"),
+    ("nan latency", lambda d: {**d, "records": [record(latency_ms={"p50": math.nan})]}, "'records[0].latency_ms.p50'"),
+    ("inf latency", lambda d: {**d, "records": [record(latency_ms={"p50": math.inf})]}, "'records[0].latency_ms.p50'"),
+    ("no p50", lambda d: {**d, "records": [record(latency_ms={"p90": 3.0})]}, "'records[0].latency_ms.p50'"),
+    ("p90 below p50", lambda d: {**d, "records": [record(latency_ms={"p50": 3.0, "p90": 2.0})]},
+     "'records[0].latency_ms'"),
+    ("negative memory", lambda d: {**d, "records": [record(peak_memory_mb=-5)]}, "'records[0].peak_memory_mb'"),
+    ("unknown family", lambda d: {**d, "records": [record(), record(family="vgg16")]}, "'records[1].family'"),
+    ("bad preset", lambda d: {**d, "records": [record(preset="b9")]}, "'records[0].preset'"),
+    ("no scale", lambda d: {**d, "records": [record(phi=None, phi_depth=None)]}, "'records[0].phi'"),
+    ("bad resolution", lambda d: {**d, "records": [record(resolution=224.0)]}, "'records[0].resolution'"),
+    ("bad kind", lambda d: {**d, "records": [record(kind="layer")]}, "'records[0].kind'"),
     ("published without source",
-     lambda d: {**d, "provenance": "published", "records": [record(source="x"), record()]}, "records[1]: 'source'"),
-    ("record precision", lambda d: {**d, "records": [record(precision="int8")]}, "'precision'"),
+     lambda d: {**d, "provenance": "published", "records": [record(source="x"), record()]}, "'records[1].source'"),
+    ("record precision", lambda d: {**d, "records": [record(precision="int8")]}, "'records[0].precision'"),
     ("roofline without roofline", lambda d: {**d, "provenance": "roofline", "records": []}, "'roofline'"),
     ("roofline figure without source",
      lambda d: {**d, "provenance": "roofline", "records": [],
@@ -169,6 +176,97 @@ def test_bad_profiles_name_file_and_key(tmp_path, name, change, key):
     with pytest.raises(ProfileInvalid) as info:
         load_profile(path)
     assert str(path) in str(info.value) and key in str(info.value)
+
+
+MORE_BAD = [
+    ("unknown runtime key", lambda d: {**d, "runtime": {**d["runtime"], "flavour": "x"}}, "'runtime.flavour' is not"),
+    ("unknown roofline key",
+     lambda d: {**d, "provenance": "roofline", "records": [],
+                "roofline": {"reference_target": "rtx-3060", "reference_precision": "fp16", "note": "roofline",
+                             "hardware": {}, "scale": 2}}, "'roofline.scale' is not a known key"),
+    ("device not an object", lambda d: {**d, "device": ["cpu"]}, "'device' must be a JSON object"),
+    ("p90 is a string", lambda d: {**d, "records": [record(latency_ms={"p50": 1.0, "p90": "fast"})]},
+     "'records[0].latency_ms.p90' must be a valid number"),
+    ("null p99", lambda d: {**d, "records": [record(latency_ms={"p50": 1.0, "p99": None})]},
+     "'records[0].latency_ms.p99'"),
+    ("bad extra statistic", lambda d: {**d, "records": [record(latency_ms={"p50": 1.0, "mean": -1})]},
+     "'records[0].latency_ms.mean'"),
+    ("missing resolution", lambda d: {**d, "records": [{k: v for k, v in record().items() if k != "resolution"}]},
+     "'records[0].resolution' is missing"),
+    ("missing family", lambda d: {**d, "records": [{k: v for k, v in record().items() if k != "family"}]},
+     "'records[0].family' is missing"),
+    ("missing kind", lambda d: {**d, "records": [{k: v for k, v in record().items() if k != "kind"}]},
+     "'records[0].kind' is missing"),
+    ("record not an object", lambda d: {**d, "records": [record(), 3]}, "'records[1]' must be a JSON object"),
+    ("schema_version true", lambda d: {**d, "schema_version": True}, "'schema_version'"),
+    ("empty target", lambda d: {**d, "target": " "}, "'target' must be a non-empty string"),
+    ("figure value",
+     lambda d: {**d, "provenance": "roofline", "records": [],
+                "roofline": {"reference_target": "rtx-3060", "reference_precision": "fp16", "note": "roofline",
+                             "hardware": {"peak_gflops": {"fp32": -1, "source": "x"}}}},
+     "'roofline.hardware.peak_gflops.fp32' must be a positive number"),
+    ("roofline on a measured profile",
+     lambda d: {**d, "roofline": {"reference_target": "rtx-3060", "reference_precision": "fp16", "note": "n",
+                                  "hardware": {}}}, "'roofline' is only allowed when provenance is 'roofline'"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", MORE_BAD, ids=[b[0] for b in MORE_BAD])
+def test_schema_errors_name_the_dotted_key_path(tmp_path, name, change, message):
+    path = write_json(tmp_path / "bad.json", change(measured()))
+    with pytest.raises(ProfileInvalid) as info:
+        load_profile(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+def test_several_errors_are_one_line_with_a_count(tmp_path):
+    data = measured(precision="fp8", provenance="guessed", colour="red", records=[record(resolution=-1)])
+    with pytest.raises(ProfileInvalid) as info:
+        load_profile(write_json(tmp_path / "bad.json", data))
+    message = str(info.value)
+    assert "\n" not in message and "pydantic" not in message.lower() and "validation error" not in message
+    assert "'precision' must be one of 'fp32', 'fp16' or 'int8', got 'fp8'" in message
+    assert message.endswith("(and 3 more).")
+
+
+def test_records_keep_extra_keys_and_get_their_defaults():
+    rec = {k: v for k, v in record(macs=1234, params=56).items() if k not in ("preset", "peak_memory_mb")}
+    clean = validate_record(rec, "f.json: records[0]", "measured", "fp32")
+    assert clean["macs"] == 1234 and clean["params"] == 56
+    assert clean["preset"] is None and clean["peak_memory_mb"] is None
+    op = validate_record({"kind": "op", "latency_ms": {"p50": 1}}, "f.json: records[1]", "measured", "fp32")
+    assert op == {"kind": "op", "latency_ms": {"p50": 1.0}, "peak_memory_mb": None}  # no model keys on an op
+
+
+def test_validate_record_applies_the_profile_rules():
+    with pytest.raises(ProfileInvalid, match=r"^f\.json: records\[2\]: 'source' is missing"):
+        validate_record(record(), "f.json: records[2]", "published", "fp32")
+    with pytest.raises(ProfileInvalid, match=r"^f\.json: records\[0\]: 'precision' is 'int8' in a fp32 profile"):
+        validate_record(record(precision="int8"), "f.json: records[0]", "measured", "fp32")
+    with pytest.raises(ProfileInvalid, match=r"^f\.json: records\[0\]: 'latency_ms\.p50' must be greater than 0"):
+        validate_record(record(latency_ms={"p50": 0}), "f.json: records[0]", "measured", "fp32")
+
+
+def test_schema_file_matches_the_models():
+    checked_in = json.loads((project_root() / "docs/schema/profile.schema.json").read_text(encoding="utf-8"))
+    assert checked_in == json.loads(render_schemas()["profile.schema.json"]), "run: python -m pipeline.predict.schemas"
+
+
+def test_shipped_profiles_follow_the_checked_in_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((project_root() / "docs/schema/profile.schema.json").read_text(encoding="utf-8"))
+    for path in SHIPPED:
+        jsonschema.validate(json.loads(path.read_text(encoding="utf-8")), schema)
+    with pytest.raises(jsonschema.ValidationError, match="colour"):
+        jsonschema.validate({**json.loads(SHIPPED[0].read_text(encoding="utf-8")), "colour": 1}, schema)
+
+
+def test_reading_a_profile_does_not_import_torch():
+    code = ("import sys; from pipeline.predict.profile import load_profile; "
+            f"load_profile({str(SHIPPED[0])!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=project_root())
+    assert out.stdout.strip() == "False"
 
 
 def test_missing_profile_is_profile_missing(tmp_path):
@@ -204,7 +302,8 @@ def test_failed_save_leaves_old_file_intact(tmp_path):
     object.__setattr__(invalid, "records", (record(latency_ms={"p50": -1.0}),))
     with pytest.raises(ProfileInvalid):
         save_profile(invalid, path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["p.json"]
+    # no temporary file left behind; p.json.lock is save_profile's file_lock (kept, as flock locks are)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.json.lock"]
 
 
 def test_failed_replace_leaves_no_temp_file(tmp_path):
@@ -212,7 +311,18 @@ def test_failed_replace_leaves_no_temp_file(tmp_path):
     target.mkdir()  # os.replace onto a directory fails after the temp file was written
     with pytest.raises(DeployError, match="cannot write profile"):
         save_profile(Profile.from_dict(measured()), target)
-    assert [p.name for p in tmp_path.iterdir()] == ["p.json"] and target.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.json.lock"] and target.is_dir()
+
+
+def test_save_waits_for_the_file_lock(tmp_path):
+    path = tmp_path / "p.json"
+    saver = threading.Thread(target=save_profile, args=(Profile.from_dict(measured()), path))
+    with file_lock(path):  # another process (here: this thread) is writing the same host profile
+        saver.start()
+        time.sleep(0.3)
+        assert saver.is_alive() and not path.exists()
+    saver.join(timeout=10)
+    assert not saver.is_alive() and load_profile(path) == Profile.from_dict(measured())
 
 
 def test_now_iso_is_accepted():

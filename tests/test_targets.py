@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from pipeline.cli.commands import cli
 from pipeline.core.errors import TargetInvalid, TargetNotFound, UsageError
 from pipeline.core.paths import edgefit_home, project_root
+from pipeline.predict.schemas import render_schemas
 from pipeline.predict.targets import (
     Target,
     host_machine,
@@ -209,11 +210,11 @@ BASE = MINIMAL.format(name="bad-board", memory=512)
     (BASE.replace('threads = 4\n', 'threads = 4\nflavour = 1\n'), "flavour"),
     (BASE.replace('kind = "cpu"\n', ""), "kind"),
     (BASE.replace('max_onnx_opset = 18\n', ""), "max_onnx_opset"),
-    (BASE.replace('["fp32", "int8"]', '["fp32", "bf16"]'), "precisions"),
+    (BASE.replace('["fp32", "int8"]', '["fp32", "bf16"]'), "precisions[1]"),
     (BASE.replace('["fp32", "int8"]', '[]'), "precisions"),
     (BASE.replace('["fp32", "int8"]', '"fp32"'), "precisions"),
-    (BASE.replace(', source = "the test\'s own datasheet"', ""), "hardware.cpu"),
-    (BASE.replace('source = "the test\'s own datasheet"', 'source = ""'), "hardware.cpu"),
+    (BASE.replace(', source = "the test\'s own datasheet"', ""), "hardware.cpu.source"),
+    (BASE.replace('source = "the test\'s own datasheet"', 'source = ""'), "hardware.cpu.source"),
     (BASE.replace('[hardware]\n', '[hardware]\nbandwidth_gbs = 25.6\n'), "hardware.bandwidth_gbs"),
     (BASE.replace('kind = "cpu"', 'kind = "fpga"'), "kind"),
     (BASE.replace('runtime = "onnxruntime"', 'runtime = "tflite"'), "runtime"),
@@ -232,6 +233,49 @@ def test_bad_target_files_name_file_and_key(tmp_path, text, key):
     with pytest.raises(TargetInvalid) as info:
         load_target("bad-board", tmp_path)
     assert str(path) in str(info.value) and f"'{key}'" in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (BASE.replace('threads = 4', 'threads = "auto"'), "'threads' may be \"auto\" only on a measurable target"),
+    (BASE.replace('threads = 4', 'threads = 2.5'), "'threads' must be a positive integer or \"auto\", got 2.5"),
+    (BASE.replace('["fp32", "int8"]', '["fp32", "fp32"]'), "'precisions' must not repeat a precision"),
+    (BASE.replace('max_onnx_opset = 18', 'max_onnx_opset = "18"'), "'max_onnx_opset' must be a valid integer"),
+    (BASE.replace('description = "a test board"', 'description = "  "'), "'description' must be a non-empty string"),
+    (BASE.replace('name = "bad-board"', 'name = "Bad_Board"'), "'name' must match ^[a-z0-9]+"),
+    (BASE.replace('value = "4x Cortex-A53"', 'value = -2'), "'hardware.cpu.value' must be a positive number"),
+    (BASE.replace('value = "4x Cortex-A53", ', ''), "'hardware.cpu' has a source but no value"),
+    (BASE + '[profile]\npath = 3\n', "'profile.path' must be a valid string, got 3"),
+    (BASE.replace('kind = "cpu"', 'kind = "fpga"').replace('memory_mb = 512', 'memory_mb = 0') + 'colour = 1\n',
+     "'kind' must be one of 'gpu' or 'cpu', got 'fpga' (and 2 more)."),
+])
+def test_target_errors_name_the_dotted_key_path(tmp_path, text, message):
+    path = write_target(tmp_path, "bad-board", text=text)
+    with pytest.raises(TargetInvalid) as info:
+        load_target("bad-board", tmp_path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_auto_resolves_only_on_measurable_targets(tmp_path):
+    text = BASE.replace('threads = 4', 'threads = "auto"').replace('memory_mb = 512', 'memory_mb = "auto"')
+    write_target(tmp_path, "bad-board", text=text.replace("measurable = false", "measurable = true"))
+    target = load_target("bad-board", tmp_path)
+    assert target.threads == os.cpu_count() and target.memory_mb > 0 and target.detected == ("memory_mb", "threads")
+
+
+def test_schema_file_matches_the_models():
+    checked_in = json.loads((project_root() / "docs/schema/target.schema.json").read_text(encoding="utf-8"))
+    assert checked_in == json.loads(render_schemas()["target.schema.json"]), "run: python -m pipeline.predict.schemas"
+
+
+def test_shipped_targets_follow_the_checked_in_json_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((project_root() / "docs/schema/target.schema.json").read_text(encoding="utf-8"))
+    files = sorted((project_root() / "targets").glob("*.toml"))
+    assert files
+    for path in files:
+        jsonschema.validate(tomllib.loads(path.read_text(encoding="utf-8")), schema)
+    with pytest.raises(jsonschema.ValidationError, match="flavour"):
+        jsonschema.validate({**tomllib.loads(files[0].read_text(encoding="utf-8")), "flavour": 1}, schema)
 
 
 def test_gpu_target_needs_a_workspace(tmp_path):
@@ -281,4 +325,4 @@ def test_deploy_targets_bad_file_exits_1_with_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["targets", "--targets-dir", str(tmp_path)])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "'precisions'" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'precisions[0]'" in lines[0]

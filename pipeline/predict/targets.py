@@ -5,6 +5,9 @@ Targets are data, not code, so users can add their own (``--targets-dir`` or a
 the built-in. Every hardware figure must cite its source; numbers nobody can trace are
 worse than no numbers, because the predictor and the report would repeat them.
 
+The format is declared in :mod:`pipeline.predict.schemas` (``TargetModel``; its JSON
+Schema is ``docs/schema/target.schema.json``).
+
 ``host`` is the machine running edgefit. Its memory and thread count may be ``"auto"``
 (detected here), and its profile is measured here, so it lives under
 :func:`~pipeline.core.paths.edgefit_home`, keyed by the CPU, never in the repository.
@@ -15,13 +18,11 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import math
 import os
 import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 try:
     import tomllib
@@ -31,27 +32,9 @@ except ModuleNotFoundError:  # Python 3.10
 from pipeline.core.errors import DeployError, ProfileMissing, TargetInvalid, TargetNotFound, UsageError
 from pipeline.core.paths import edgefit_home, project_root
 from pipeline.predict.profile import PRECISIONS, load_profile
+from pipeline.predict.schemas import KINDS, NAME_RE, RUNTIMES, TargetModel, validate
 
-KINDS = ("gpu", "cpu")
-RUNTIMES = ("tensorrt", "onnxruntime")
 STATUSES = ("measured", "published", "roofline", "none", "invalid")
-NAME_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-
-# key -> (accepted types, required). Cross-key rules live in _validate.
-SCHEMA: dict[str, tuple[tuple[type, ...], bool]] = {
-    "name": ((str,), True),
-    "description": ((str,), True),
-    "kind": ((str,), True),
-    "runtime": ((str,), True),
-    "precisions": ((list,), True),
-    "memory_mb": ((int, str), True),
-    "max_onnx_opset": ((int,), True),
-    "measurable": ((bool,), True),
-    "threads": ((int, str), False),
-    "trt_workspace_mb": ((int,), False),
-    "hardware": ((dict,), False),
-    "profile": ((dict,), False),
-}
 
 
 @dataclass(frozen=True)
@@ -192,95 +175,25 @@ def parse_target_file(path: str | Path) -> Target:
 # --- validation ------------------------------------------------------------------------------------
 
 
-def _bad(path: Path, key: str, problem: str) -> TargetInvalid:
-    return TargetInvalid(f"{path}: key '{key}' {problem}")
-
-
-def _positive_int(value: Any) -> bool:
+def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _validate(raw: dict, path: Path) -> Target:
-    unknown = sorted(set(raw) - set(SCHEMA))
-    if unknown:
-        raise _bad(path, unknown[0], f"is not a target key (known: {', '.join(SCHEMA)}).")
-    for key, (types, required) in SCHEMA.items():
-        if key not in raw:
-            if required:
-                raise _bad(path, key, "is missing.")
-            continue
-        value = raw[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = " or ".join("table" if t is dict else t.__name__ for t in types)
-            raise _bad(path, key, f"must be {names}, got {value!r}.")
-    name, kind, runtime = raw["name"], raw["kind"], raw["runtime"]
-    if not NAME_RE.match(name) or name != path.stem:
-        raise _bad(path, "name", f"must be lowercase-with-dashes and match the file name '{path.stem}', got {name!r}.")
-    if not raw["description"].strip():
-        raise _bad(path, "description", "is empty.")
-    if kind not in KINDS:
-        raise _bad(path, "kind", f"must be one of {', '.join(KINDS)}, got {kind!r}.")
-    if runtime not in RUNTIMES:
-        raise _bad(path, "runtime", f"must be one of {', '.join(RUNTIMES)}, got {runtime!r}.")
-    if runtime == "tensorrt" and kind != "gpu":
-        raise _bad(path, "runtime", "tensorrt needs kind = \"gpu\".")
-    precisions = raw["precisions"]
-    if not precisions or len(set(precisions)) != len(precisions) or any(p not in PRECISIONS for p in precisions):
-        raise _bad(path, "precisions", f"must be a non-empty list of distinct {', '.join(PRECISIONS)}, "
-                   f"got {precisions!r}.")
-    measurable = raw["measurable"]
+    """The schema's checks (:class:`~pipeline.predict.schemas.TargetModel`), then "auto" resolved on this machine."""
+    model = validate(TargetModel, raw, str(path), TargetInvalid, noun="a table", context={"file_stem": path.stem})
     detected = []
-    memory_mb = raw["memory_mb"]
-    if memory_mb == "auto" and measurable:
+    memory_mb, threads = model.memory_mb, model.threads
+    if memory_mb == "auto":
         memory_mb = total_memory_mb()
         detected.append("memory_mb")
-    elif not _positive_int(memory_mb):
-        auto = " (or \"auto\" on a measurable target)" if not measurable else " or \"auto\""
-        raise _bad(path, "memory_mb", f"must be a positive integer{auto}, got {memory_mb!r}.")
-    threads = raw.get("threads")
-    if threads is None and kind == "cpu":
-        raise _bad(path, "threads", "is missing (required for kind = \"cpu\").")
-    if threads == "auto" and measurable:
+    if threads == "auto":
         threads = os.cpu_count() or 1
         detected.append("threads")
-    elif threads is not None and not _positive_int(threads):
-        raise _bad(path, "threads", f"must be a positive integer (or \"auto\" on a measurable target), "
-                   f"got {threads!r}.")
-    if not _positive_int(raw["max_onnx_opset"]):
-        raise _bad(path, "max_onnx_opset", f"must be a positive integer, got {raw['max_onnx_opset']!r}.")
-    workspace = raw.get("trt_workspace_mb")
-    if runtime == "tensorrt" and workspace is None:
-        raise _bad(path, "trt_workspace_mb", "is missing (required for runtime = \"tensorrt\").")
-    if workspace is not None and not _positive_int(workspace):
-        raise _bad(path, "trt_workspace_mb", f"must be a positive integer, got {workspace!r}.")
-    hardware = raw.get("hardware", {})
-    for figure, spec in hardware.items():
-        _check_figure(path, f"hardware.{figure}", spec)
-    profile = raw.get("profile", {})
-    extra = sorted(set(profile) - {"path"})
-    if extra:
-        raise _bad(path, f"profile.{extra[0]}", "is not a [profile] key (known: path).")
-    if "path" in profile and (not isinstance(profile["path"], str) or not profile["path"].strip()):
-        raise _bad(path, "profile.path", f"must be a non-empty string, got {profile['path']!r}.")
-    return Target(name, raw["description"], kind, runtime, tuple(precisions), memory_mb, threads,
-                  raw["max_onnx_opset"], workspace, measurable, hardware, profile, path.resolve(), tuple(detected))
-
-
-def _check_figure(path: Path, key: str, spec: Any) -> None:
-    """A hardware figure is an inline table of values plus the ``source`` they come from."""
-    if not isinstance(spec, dict):
-        raise _bad(path, key, f"must be an inline table with a 'source', e.g. {{ value = ..., source = \"...\" }}, "
-                   f"got {spec!r}.")
-    source = spec.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise _bad(path, key, "has no 'source': every hardware figure must cite where it comes from.")
-    values = {k: v for k, v in spec.items() if k != "source"}
-    if not values:
-        raise _bad(path, key, "has a source but no value.")
-    for k, v in values.items():
-        number = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not ((number and math.isfinite(v) and v > 0) or (isinstance(v, str) and v.strip())):
-            raise _bad(path, f"{key}.{k}", f"must be a positive number or a non-empty string, got {v!r}.")
+    hardware = {name: figure.model_dump() for name, figure in model.hardware.items()}
+    return Target(model.name, model.description, model.kind, model.runtime, tuple(model.precisions), memory_mb,
+                  threads, model.max_onnx_opset, model.trt_workspace_mb, model.measurable, hardware,
+                  model.profile.model_dump(exclude_unset=True), path.resolve(), tuple(detected))
 
 
 # --- the host ----------------------------------------------------------------------------------------
@@ -349,6 +262,6 @@ def host_profile_path(precision: str, threads: int, runtime: str = "onnxruntime"
     return edgefit_home() / "profiles" / "host" / host_machine_key() / f"{runtime}-{precision}-t{threads}.json"
 
 
-__all__ = ["KINDS", "RUNTIMES", "STATUSES", "Target", "describe_targets", "host_machine", "host_machine_key",
+__all__ = ["KINDS", "NAME_RE", "RUNTIMES", "STATUSES", "Target", "describe_targets", "host_machine", "host_machine_key",
            "host_profile_path", "known_target_names", "list_targets", "load_target", "parse_target_file",
            "search_dirs", "target_files", "total_memory_mb"]
