@@ -27,7 +27,7 @@ from pipeline.predict.targets import (
 
 REQUIRED = {"jetson-nano", "jetson-orin-nano", "jetson-agx-orin", "rtx-3060", "rtx-4090", "raspberry-pi-4",
             "raspberry-pi-5", "host"}
-# The source names used by /work/shared/published-latencies.md's hardware table.
+# The source names of the hardware figures in the shipped targets (each figure cites one of them).
 SOURCES = (
     "NVIDIA spec as reproduced in ultralytics docs/en/guides/nvidia-jetson.md",
     "Seeed-Studio wiki reComputer_J4012; ultralytics nvidia-jetson guide",
