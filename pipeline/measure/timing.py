@@ -216,26 +216,23 @@ def compare_interleaved(
     return {name: Timing.from_samples(samples[name], warmup=warmup, threads=thread_of[name]) for name in names}
 
 
-def time_session(session, settings=None, *, inputs: np.ndarray | None = None, seed: int = 0, warmup: int | None = None,
-                 min_repeats: int | None = None, min_time_s: float | None = None, max_time_s: float | None = None,
-                 rounds: int | None = None) -> Timing:
+def time_session(session, settings=None, *, inputs: np.ndarray | None = None, seed: int = 0,
+                 max_time_s: float | None = None, **overrides: Any) -> Timing:
     """Latency of one loaded :class:`~pipeline.runtimes.base.Session` (any runtime) on one seeded input.
 
-    ``settings`` is a :class:`~pipeline.measure.settings.TimingSettings` (keyword arguments
-    override its fields). The default warm-up is large because the first runs of a session
-    allocate its memory arena and pre-pack weights. With ``rounds > 1`` the minimum count and
-    time apply to each round; the statistics pool every call, and ``round_p50_ms`` keeps each
-    round's p50 so a caller can judge how far a re-timing may drift.
+    ``settings`` is a :class:`~pipeline.measure.settings.TimingSettings`; ``overrides`` replace
+    single fields of it (``warmup=2``, ``rounds=3``, ...). The default warm-up is large because
+    the first runs of a session allocate its memory arena and pre-pack weights. With
+    ``rounds > 1`` the minimum count and time apply to each round; the statistics pool every
+    call, and ``round_p50_ms`` keeps each round's p50 so a caller can judge how far a re-timing
+    may drift.
     """
+    import dataclasses
+
     from pipeline.measure.settings import TimingSettings
 
-    s = settings or TimingSettings(warmup=10, min_repeats=30, min_time_s=1.0)
-    warmup = s.warmup if warmup is None else warmup
-    min_repeats = s.min_repeats if min_repeats is None else min_repeats
-    min_time_s = s.min_time_s if min_time_s is None else min_time_s
-    rounds = s.rounds if rounds is None else rounds
-    if rounds < 1:
-        raise ValueError("rounds must be >= 1")
+    s = dataclasses.replace(settings or TimingSettings(warmup=10, min_repeats=30, min_time_s=1.0), **overrides)
+    warmup, min_repeats, min_time_s, rounds = s.warmup, s.min_repeats, s.min_time_s, s.rounds
     call = session.bind(session.example_input(seed) if inputs is None else inputs)
     samples: list[int] = []
     medians = []
