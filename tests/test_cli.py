@@ -197,3 +197,16 @@ def test_main_is_the_console_entry_point():
     code = "import sys; from pipeline.cli import main; sys.argv = ['deploy', '--version']; main()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "deploy (edgefit)" in out.stdout
+
+
+def test_a_multi_line_message_stays_one_line(monkeypatch, tmp_path):
+    import pipeline.fit.flow
+
+    def crash(*_a, **_k):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(pipeline.fit.flow, "enumerate_architectures", crash)
+    r = invoke(*FIT_NANO, "--out", str(tmp_path / "run"))
+    assert r.exit_code == 1
+    assert stderr_lines(r) == ["error: internal error: ValueError: first line second line (this is a bug in edgefit; "
+                               "rerun with --debug for the traceback)"]

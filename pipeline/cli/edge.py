@@ -20,10 +20,16 @@ from pipeline.core.errors import EXIT_ERROR, DeployError
 EXIT_INTERRUPTED = 130
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: a multi-line message (e.g. from a third-party library) would break the
+    one-``error:``-line contract that scripts grep for."""
+    return " ".join(text.split())
+
+
 def internal_error_line(exc: BaseException) -> str:
     """The single line shown for an unexpected exception."""
-    return (f"error: internal error: {type(exc).__name__}: {exc} "
-            "(this is a bug in edgefit; rerun with --debug for the traceback)")
+    what = type(exc).__name__ + (f": {one_line(str(exc))}" if str(exc).strip() else "")
+    return f"error: internal error: {what} (this is a bug in edgefit; rerun with --debug for the traceback)"
 
 
 class EdgeGroup(click.Group):
@@ -38,7 +44,7 @@ class EdgeGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: usage errors (exit 2), --help, ctx.exit(); click.Exit is a RuntimeError
         except DeployError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)

@@ -63,7 +63,8 @@ def verify(run_dir, data, trtexec_times, trtexec_log, device_name, max_drop_pp, 
         measured = record_trtexec_times(run_dir, trtexec_times, device_name, log_file=trtexec_log,
                                         raise_on_failure=data is None)
         if data is None:
-            return emit(measured, as_json, key_values)
+            emit(measured, as_json, key_values)
+            return
         log(f"recorded measured latency from {trtexec_times}")
     threads = threads or run_threads(run_dir, targets_dir)
     report = verify_accuracy(run_dir, data, max_drop_pp=max_drop_pp, min_agreement=min_agreement, threads=threads)
