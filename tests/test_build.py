@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from test_trtexec import NEW_KEYS, trace, write_trtexec_json
 from tinymodels import RES, RTX_SKIP_REASON, make_run, read_fit, rtx_importable, tiny_model, tiny_onnx
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.errors import EngineMismatch, ExportError, UsageError
 from pipeline.engine.build import build_run, onnx_opset, trtexec_args
 from pipeline.engine.trtexec import record_trtexec_times

@@ -4,7 +4,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import __version__
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 
 KEYS = {"family", "phi", "phi_depth", "phi_width", "phi_resolution", "depth_multiplier", "width_multiplier",
         "resolution", "params", "macs", "weight_bytes", "activation_bytes", "stages"}
@@ -58,7 +58,7 @@ def test_describe_human_table():
 @pytest.mark.parametrize(
     "args, code, text",
     [
-        (["--family", "vgg16"], 1, "Known: efficientnet, mobilenetv2, resnet18, resnet50"),
+        (["--family", "vgg16"], 2, "'vgg16' is not one of 'efficientnet', 'mobilenetv2', 'resnet18', 'resnet50'"),
         (["--preset", "b9"], 1, "Known: b0, b1"),
         (["--phi", "nan"], 1, "finite"),
         (["--phi", "13"], 1, "out of range"),

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.fit.calibrate import SuiteEntry, calibrate
 from pipeline.measure.settings import TimingSettings
 from pipeline.measure.timing import time_onnx

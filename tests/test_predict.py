@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.errors import ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features

@@ -11,7 +11,7 @@ import pytest
 import tomllib
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.errors import TargetInvalid, TargetNotFound, UsageError
 from pipeline.core.paths import edgefit_home, project_root
 from pipeline.predict.schemas import render_schemas

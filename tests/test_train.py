@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.errors import ModelInvalid, UsageError
 from pipeline.core.scaling import CompoundScaling, resolve_scale
 from pipeline.data.datasets import Preprocess, load_dataset

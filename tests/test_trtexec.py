@@ -167,7 +167,7 @@ def test_record_without_latency_budget_leaves_verified_latency_null(tmp_path):
 def test_cli_verify_trtexec_times(tmp_path):
     from click.testing import CliRunner
 
-    from pipeline.cli.commands import cli
+    from pipeline.cli import cli
 
     run = _run(tmp_path, latency_ms=1000.0)
     times = write_trtexec_json(run / "times.json", trace(50, start_ms=600))

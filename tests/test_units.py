@@ -1,7 +1,7 @@
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.units import parse_duration_ms, parse_size_mib
 
 

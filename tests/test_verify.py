@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from pipeline.core.errors import EXIT_VERIFICATION, ModelInvalid, VerificationFailed
 from pipeline.core.scaling import resolve_scale
 from pipeline.data.datasets import load_dataset

@@ -1,0 +1,92 @@
+"""``deploy fit``: the largest model that fits the budget, exported, measured and verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.options import (
+    family_option,
+    fraction_option,
+    json_option,
+    percent_option,
+    percentage_points_option,
+    precision_option,
+    targets_dir_option,
+    threads_option,
+)
+from pipeline.cli.output import emit, log, progress_bar
+from pipeline.cli.render import si, table
+from pipeline.core.units import Duration, Size
+
+
+def fit_text(d: dict) -> str:
+    m, p = d["measured"], d["predicted"]
+    lat = (f"measured p50 {m['latency_ms']:.2f} ms (p90 {m['latency_ms_p90']:.2f}) on {m['device']}" if m else
+           f"PREDICTED {p['latency_ms']:.2f} ms from a {p['provenance']} profile (not measured)")
+    err = "unknown" if p["heldout_error_pct"] is None else f"{p['heldout_error_pct']:g}%"
+    rows = [{**f, "fits": "yes" if f.get("fits") else "no", "chosen": "<-" if f["phi"] == d["phi"] else ""}
+            for f in d["frontier"]]
+    cols = [("phi", "φ"), ("resolution", "res"), ("latency_ms", "pred ms"), ("memory_mb", "MiB"), ("fits", "fits"),
+            ("chosen", "")]
+    return "\n".join([
+        f"{d['family']} φ={d['phi']:g} (resolution {d['resolution']}, {si(d['params'])} params, {si(d['macs'])} MACs)"
+        f" for {d['target']} ({d['precision']})",
+        f"  {lat}; predictor held-out error {err}",
+        f"  verified: latency {d['verified']['latency']}, memory {d['verified']['memory']}",
+        f"  next larger rejected: {d['search']['reason_next_rejected']}",
+        f"  run directory: {d['run_dir']}", "", table(rows, cols)])
+
+
+@click.command()
+@click.option("--target", "target_name", required=True, help="Target device (see `deploy targets`).")
+@click.option("--latency", type=Duration(), default=None, help="Latency budget, e.g. 20ms, 500us, 0.1s.")
+@click.option("--memory", type=Size(), default=None, help="Peak memory budget, e.g. 256MB, 1GiB.")
+@family_option
+@precision_option()
+@click.option("--percentile", type=click.Choice(["50", "90", "99"]), default="50", show_default=True,
+              help="Latency statistic the budget applies to.")
+@click.option("--phi-min", type=float, default=None, help="Smallest φ to consider (default -4).")
+@click.option("--phi-max", type=float, default=None, help="Largest φ to consider (default 4).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory (default runs/<target>-<timestamp>).")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out once the new run succeeds.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="State dict for the chosen architecture.")
+@click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
+@click.option("--agent", default=None, help="Measurement agent URL of a remote device.")
+@threads_option()
+@targets_dir_option
+@click.option("--data", default=None, help="Labelled set to train and verify on: DIR, FILE.npz or builtin:digits.")
+@click.option("--train-epochs", type=click.IntRange(min=1), default=None, help="Train the chosen model this long.")
+@click.option("--teacher", type=click.Path(exists=True), default=None, help="Checkpoint to distil from.")
+@click.option("--init-from", type=click.Path(exists=True), default=None, help="Checkpoint to fine-tune from.")
+@fraction_option("--min-accuracy", default=None, help="Fail (exit 4) when the trained model's top-1 is below this")
+@click.option("--calibration-data", default=None, help="INT8 calibration set (default: --data, else builtin:digits).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
+              show_default=True)
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
+@percentage_points_option("--int8-max-drop-pp", "--int8-max-drop", "int8_max_drop_pp", default=1.0,
+                          help="Largest top-1 drop of the INT8 model below fp32")
+@percent_option("--noise-margin", default=2.0, max_open=50,
+                help="A measured latency or memory this close under its budget counts as over it")
+@json_option("Print fit.json to stdout (progress goes to stderr).")
+def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
+        dynamic_batch, agent, threads, targets_dir, data, train_epochs, teacher, init_from, min_accuracy,
+        calibration_data, calibration_method, calibration_samples, int8_exclude, int8_max_drop_pp, noise_margin,
+        as_json):
+    """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
+    from pipeline.core.budget import Budget
+    from pipeline.fit.flow import fit as run
+    from pipeline.fit.options import DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
+
+    result = run(target_name, Budget(latency, memory, int(percentile), noise_margin),
+                 search_options=SearchOptions(family, phi_min, phi_max), precision=precision,
+                 data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy),
+                 int8=Int8Options(calibration_data, calibration_method, calibration_samples, tuple(int8_exclude),
+                                  int8_max_drop_pp),
+                 run=RunOptions(out, force, weights, dynamic_batch), device=DeviceOptions(threads, agent, targets_dir),
+                 log=log, progress=progress_bar("calibrate"))
+    emit(result, as_json, fit_text)

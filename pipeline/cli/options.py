@@ -1,0 +1,89 @@
+"""Option decorators shared by several commands, so a flag means the same thing everywhere.
+
+Units are part of the contract: accuracies and agreements are fractions in [0, 1], accuracy
+drops are percentage points, margins are percent. The unit helpers below append the unit to the
+help text in one wording, so ``--help`` states it the same way on every command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from pipeline.core.names import FAMILY_NAMES, PRECISIONS
+
+FRACTION = "fraction 0-1"
+PERCENTAGE_POINTS = "percentage points"
+PERCENT = "percent"
+
+
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def scale_options(f):
+    """--phi / --preset / --phi-depth/--phi-width/--phi-resolution and α, β, γ."""
+    return _stack(
+        click.option("--phi", type=float, default=None, help="Compound coefficient φ (may be negative)."),
+        click.option("--preset", default=None, help="Published EfficientNet preset b0..b7."),
+        click.option("--phi-depth", type=float, default=None, help="Per-dimension φ for depth."),
+        click.option("--phi-width", type=float, default=None, help="Per-dimension φ for width."),
+        click.option("--phi-resolution", type=float, default=None, help="Per-dimension φ for resolution."),
+        click.option("--alpha", type=float, default=None, help="Depth base α (default 1.2)."),
+        click.option("--beta", type=float, default=None, help="Width base β (default 1.1)."),
+        click.option("--gamma", type=float, default=None, help="Resolution base γ (default 1.15)."),
+    )(f)
+
+
+def scaling_from(alpha: float | None, beta: float | None, gamma: float | None):
+    """The CompoundScaling of --alpha/--beta/--gamma, each defaulting to the library's constant."""
+    from pipeline.core.scaling import DEFAULTS, CompoundScaling
+
+    pick = lambda v, k: DEFAULTS[k] if v is None else v  # noqa: E731
+    return CompoundScaling(pick(alpha, "alpha"), pick(beta, "beta"), pick(gamma, "gamma"))
+
+
+def json_option(help: str = "Print JSON only."):
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def targets_dir_option(f):
+    return click.option("--targets-dir", type=click.Path(exists=True, file_okay=False), default=None,
+                        help="Extra folder of <name>.toml targets; its files override built-ins of the same name.")(f)
+
+
+def family_option(f):
+    return click.option("--family", type=click.Choice(FAMILY_NAMES), default="efficientnet", show_default=True,
+                        help="Model family.")(f)
+
+
+def precision_option(help: str = "Precision (default: the target's first)."):
+    return click.option("--precision", type=click.Choice(PRECISIONS), default=None, help=help)
+
+
+def threads_option(help: str = "Runtime threads (default: the target's)."):
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def fraction_option(*names: str, default: float | None, help: str):
+    """A value in [0, 1] (an accuracy, an agreement, a weight)."""
+    return click.option(*names, type=click.FloatRange(0, 1), default=default, show_default=default is not None,
+                        help=f"{help} ({FRACTION}).")
+
+
+def percentage_points_option(*names: str, default: float, help: str):
+    """A difference of two accuracies, in percentage points (0.5 = half a point of top-1)."""
+    return click.option(*names, type=click.FloatRange(min=0), default=default, show_default=True,
+                        help=f"{help} ({PERCENTAGE_POINTS}).")
+
+
+def percent_option(*names: str, default: float, max_open: float, help: str):
+    """A relative margin in percent of a budget, in [0, max_open)."""
+    return click.option(*names, type=click.FloatRange(0, max_open, max_open=True), default=default,
+                        show_default=True, help=f"{help} ({PERCENT}).")

@@ -1,0 +1,54 @@
+"""``deploy predict``: predicted p50 latency and peak memory of a model on a target."""
+
+from __future__ import annotations
+
+import click
+
+from pipeline.cli.options import (
+    family_option,
+    json_option,
+    precision_option,
+    scale_options,
+    targets_dir_option,
+    threads_option,
+)
+from pipeline.cli.output import emit
+from pipeline.cli.render import si
+
+
+def predict_text(d: dict) -> str:
+    err = "unknown" if d["heldout_error_pct"] is None else f"±{d['heldout_error_pct']:g}% (p90, held-out)"
+    lines = [
+        f"{d['target']} ({d['precision']}): {d['latency_ms']:.2f} ms p50, {d['memory_mb']:.1f} MB peak",
+        f"  provenance {d['provenance']}, error {err}, profile {d['profile']}",
+        f"  model: resolution {d['resolution']}, params {si(d['params'])}, MACs {si(d['macs'])}",
+    ]
+    if d.get("note"):
+        lines.append(f"  note: {d['note']}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--target", "target_name", required=True, help="Target device (see `deploy targets`).")
+@family_option
+@scale_options
+@click.option("--onnx", type=click.Path(exists=True, dir_okay=False), default=None, help="Predict for an ONNX file.")
+@precision_option()
+@threads_option()
+@click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Profile to predict from instead of the target's.")
+@targets_dir_option
+@json_option()
+def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, onnx,
+            precision, threads, num_classes, profile_path, targets_dir, as_json):
+    """Predict p50 latency and peak memory of a model on a target, with provenance and error."""
+    from pipeline.core.scaling import resolve_scale
+    from pipeline.predict.predictor import predict as run
+
+    if any(v is not None for v in (alpha, beta, gamma)):
+        raise click.UsageError("predict uses the default α, β, γ; custom constants are for describe/fit.")
+    model = onnx if onnx is not None else resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset)
+    data = run(target_name, model, family, precision=precision, threads=threads, num_classes=num_classes,
+               targets_dir=targets_dir, profile_path=profile_path)
+    emit(data, as_json, predict_text)
