@@ -172,6 +172,20 @@ class Split:
         return {"val_fraction": self.val_fraction, "seed": self.seed, "train": len(self.train), "val": len(self.val)}
 
 
+@dataclass(frozen=True)
+class PixelSpec:
+    """How a dataset's source pixels are encoded: value range, colour mode, natural size and statistics.
+
+    ``mean``/``std`` (per model channel, on the [0, 1] scale) default to ImageNet's.
+    """
+
+    input_max: float = 255.0
+    color: str = "rgb"
+    default_resolution: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
 class LabelledData:
     """A labelled image set: ``labels`` (int64 class indices), ``classes`` (names), source images.
 
@@ -181,14 +195,15 @@ class LabelledData:
 
     def __init__(self, name: str, kind: str, classes: Sequence[str], labels: np.ndarray, *,
                  arrays: np.ndarray | None = None, files: Sequence[Path] | None = None,
-                 input_max: float = 255.0, color: str = "rgb", default_resolution: int | None = None,
-                 mean: tuple[float, float, float] | None = None, std: tuple[float, float, float] | None = None):
+                 pixels: PixelSpec | None = None):
+        pixels = pixels or PixelSpec()
         self.name, self.kind = name, kind
         self.classes = tuple(str(c) for c in classes)
         self.labels = np.asarray(labels, dtype=np.int64)
         self._arrays, self._files = arrays, list(files) if files is not None else None
-        self.input_max, self.color, self.default_resolution = float(input_max), color, default_resolution
-        self._mean, self._std = mean, std
+        self.input_max, self.color, self.default_resolution = float(pixels.input_max), pixels.color, \
+            pixels.default_resolution
+        self._mean, self._std = pixels.mean, pixels.std
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -292,8 +307,8 @@ def load_digits() -> LabelledData:
     bunch = sk_load_digits()
     x = bunch.images.astype(np.float32)[..., None]  # N, 8, 8, 1 in 0..16
     y = bunch.target.astype(np.int64)
-    return _array_dataset("builtin:digits", "builtin", x, y, [str(c) for c in bunch.target_names], input_max=16.0,
-                          color="gray", default_resolution=DIGITS_RESOLUTION)
+    return _array_dataset("builtin:digits", "builtin", x, y, [str(c) for c in bunch.target_names],
+                          PixelSpec(input_max=16.0, color="gray", default_resolution=DIGITS_RESOLUTION))
 
 
 def load_npz(path: str | Path) -> LabelledData:
@@ -354,8 +369,8 @@ def load_npz(path: str | Path) -> LabelledData:
         y = np.searchsorted(values, y)
     channels = 1 if x.ndim == 3 else x.shape[-1]
     mean, std = _stats(x, input_max) if channels == 1 else (None, None)
-    return _array_dataset(f"{path}", "npz", x, y, names, input_max=input_max,
-                          color="gray" if channels == 1 else "rgb", mean=mean, std=std)
+    return _array_dataset(f"{path}", "npz", x, y, names,
+                          PixelSpec(input_max=input_max, color="gray" if channels == 1 else "rgb", mean=mean, std=std))
 
 
 def _stats(x: np.ndarray, input_max: float) -> tuple[tuple, tuple]:
@@ -365,15 +380,15 @@ def _stats(x: np.ndarray, input_max: float) -> tuple[tuple, tuple]:
     return (round(m, 6),) * 3, (round(s, 6),) * 3
 
 
-def _array_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, classes: list[str], *, input_max: float,
-                   color: str, default_resolution: int | None = None, mean=None, std=None) -> LabelledData:
+def _array_dataset(name: str, kind: str, x: np.ndarray, y: np.ndarray, classes: list[str],
+                   pixels: PixelSpec) -> LabelledData:
     if len(classes) < 2 or len(np.unique(y)) < 2:
         raise DataInvalid(f"{name}: array 'y' has a single class ({classes[0] if classes else '?'}); "
                           "classification needs at least two.")
-    if mean is None and color == "gray":
-        mean, std = _stats(x, input_max)
-    return LabelledData(name, kind, classes, y, arrays=x, input_max=input_max, color=color,
-                        default_resolution=default_resolution, mean=mean, std=std)
+    if pixels.mean is None and pixels.color == "gray":
+        mean, std = _stats(x, pixels.input_max)
+        pixels = replace(pixels, mean=mean, std=std)
+    return LabelledData(name, kind, classes, y, arrays=x, pixels=pixels)
 
 
 def load_image_folder(root: str | Path) -> LabelledData:
@@ -406,7 +421,7 @@ def load_image_folder(root: str | Path) -> LabelledData:
         files += found
         labels += [label] * len(found)
     return LabelledData(str(root), "imagefolder", [d.name for d in class_dirs], np.asarray(labels),
-                        files=files, input_max=255.0, color="rgb")
+                        files=files, pixels=PixelSpec(input_max=255.0, color="rgb"))
 
 
 def _decode(path: Path) -> np.ndarray:
