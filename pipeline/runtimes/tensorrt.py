@@ -35,6 +35,7 @@ import platform
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,20 @@ def default_timing_cache(flavour: str, version: str, device: Mapping | None) -> 
     return edgefit_home() / "tensorrt" / f"{flavour}-{version}-{gpu}.cache"
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How :meth:`TensorRT.build` builds: workspace limit (MiB), timing cache (path, or False for none),
+    target compute capabilities (TensorRT-RTX), an INT8 calibrator, the engine's file name and extra
+    sidecar entries."""
+
+    workspace_mb: int | None = None
+    timing_cache: str | Path | bool | None = None
+    compute_capabilities: tuple[str, ...] | list[str] | None = None
+    calibrator: Any = None
+    engine_name: str = "model.engine"
+    extra_sidecar: Mapping | None = None
+
+
 class TensorRT(Runtime):
     """``TensorRT("tensorrt")`` or ``TensorRT("tensorrt-rtx")``: build engines, load them where they belong."""
 
@@ -283,10 +298,8 @@ class TensorRT(Runtime):
 
     # -- build --------------------------------------------------------------------------------------------------
 
-    def build(self, onnx_path: str | Path, out_dir: str | Path, precision: str = "fp32", target: Any = None, *,
-              workspace_mb: int | None = None, timing_cache: str | Path | bool | None = None,
-              compute_capabilities: list[str] | tuple[str, ...] | None = None, calibrator: Any = None,
-              engine_name: str = "model.engine", extra_sidecar: Mapping | None = None, **kw) -> Path:
+    def build(self, onnx_path: str | Path, out_dir: str | Path, precision: str = "fp32", target: Any = None,
+              options: EngineOptions | None = None, **overrides: Any) -> Path:
         """Parse ``onnx_path``, build and serialize ``out_dir/engine_name`` plus its sidecar; returns the engine path.
 
         * precision: classic TensorRT sets the FP16/INT8 builder flags. int8 needs a QDQ
@@ -299,9 +312,16 @@ class TensorRT(Runtime):
           disables it. TensorRT-RTX ignores timing caches, so none is used.
         * ``compute_capabilities`` (TensorRT-RTX): e.g. ``["8.9"]``; default: all it supports.
 
-        Parser failures raise :class:`EngineBuildFailed` listing every error with its node.
+        ``overrides`` are :class:`EngineOptions` fields. Parser failures raise :class:`EngineBuildFailed`
+        listing every error with its node.
         """
+        import dataclasses
+
         import onnx
+
+        o = dataclasses.replace(options or EngineOptions(), **overrides)
+        workspace_mb, timing_cache, compute_capabilities = o.workspace_mb, o.timing_cache, o.compute_capabilities
+        calibrator, engine_name, extra_sidecar = o.calibrator, o.engine_name, o.extra_sidecar
 
         check_precision(precision)
         onnx_path, out_dir = Path(onnx_path), Path(out_dir)
@@ -482,6 +502,6 @@ class TrtSession(Session):
         return y_dev.float().cpu().numpy()
 
 
-__all__ = ["FLAVOURS", "TensorRT", "TrtSession", "check_engine", "cuda_device", "default_timing_cache",
+__all__ = ["FLAVOURS", "EngineOptions", "TensorRT", "TrtSession", "check_engine", "cuda_device", "default_timing_cache",
            "import_trt", "installed_version", "normalize_version", "parser_errors", "read_sidecar",
            "sidecar_path", "write_sidecar"]
