@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Tag, model_validator
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = Path(__file__).with_name("fit.schema.json")
@@ -47,12 +47,6 @@ class _Strict(BaseModel):
     """A contract sub-record: unknown keys and loose types are errors, not silent fixes."""
 
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
-
-
-class _Open(BaseModel):
-    """A diagnostic sub-record whose listed keys are typed, with room for keys its producer adds."""
-
-    model_config = ConfigDict(extra="allow", strict=True, validate_assignment=True)
 
 
 class ScaleRecord(_Strict):
@@ -185,7 +179,7 @@ class Artifacts(_Strict):
 
     model_config = ConfigDict(extra="allow", strict=True, validate_assignment=True, json_schema_extra={
         "patternProperties": {"^onnx_opset[0-9]+$": {"type": "string"}}, "additionalProperties": False})
-    __pydantic_extra__: dict[str, str] = Field(init=False)
+    __pydantic_extra__: dict[str, str]
 
     onnx: str
     report: str
@@ -303,11 +297,26 @@ class RunRecord(_Strict):
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of fit.json, generated from :class:`RunRecord`."""
-    schema = RunRecord.model_json_schema(mode="validation")
+    schema = _normalized(RunRecord.model_json_schema(mode="validation"))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema,
             "title": "edgefit run record (RUN_DIR/fit.json)",
             "description": f"schema_version {SCHEMA_VERSION}; generated from pipeline/record/schema.py by "
                            "`python -m pipeline.record.schema`. Do not edit by hand."}
+
+
+def _normalized(node: Any) -> Any:
+    """Drop what pydantic versions disagree on but means nothing: ``additionalProperties: true``, ``enum`` = ``const``.
+
+    So the checked-in file is the same whichever pydantic >= 2.7 generates it.
+    """
+    if isinstance(node, list):
+        return [_normalized(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _normalized(v) for k, v in node.items() if not (k == "additionalProperties" and v is True)}
+    if "const" in out and out.get("enum") == [out["const"]]:
+        del out["enum"]
+    return out
 
 
 def schema_text() -> str:
