@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinymodels import read_fit
+from tinymodels import fit_record, read_fit
 
 from pipeline.core.errors import TimesInvalid, UsageError, VerificationFailed
 from pipeline.engine.trtexec import (
@@ -120,10 +120,8 @@ LOG = """[11/22/2026-10:00:00] [I] === Device Information ===
 def _run(tmp_path: Path, latency_ms: float | None, percentile: int = 50) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    fit = {"target": "jetson-nano", "family": "mobilenetv2", "precision": "fp16",
-           "budget": {"latency_ms": latency_ms, "memory_mb": None, "percentile": percentile},
-           "measured": None, "verified": {"latency": None, "memory": None, "accuracy": None},
-           "engine": {"status": "script", "precision": "fp16", "trtexec": {"warmup_ms": 500}}}
+    fit = fit_record("jetson-nano", "mobilenetv2", "fp16", latency_ms, percentile)
+    fit["engine"] = {"status": "script", "precision": "fp16", "trtexec": {"warmup_ms": 500}}
     (run / "fit.json").write_text(json.dumps(fit))
     return run
 

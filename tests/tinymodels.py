@@ -42,22 +42,39 @@ def tiny_onnx(path: Path, family: str = "resnet18", res: int = RES, opset: int |
     return path
 
 
+def fit_record(target: str, family: str = "resnet18", precision: str = "fp32", latency_ms: float | None = 20.0,
+               percentile: int = 50) -> dict:
+    """A complete fit.json object (schema_version 1) as `deploy fit` writes it for a predicted-only run."""
+    scale = CompoundScaling().compound(PHI)
+    row = {"index": 0, "phi": PHI, "phi_max": -3.9, "resolution": scale.resolution,
+           "depth_multiplier": round(scale.depth, 4), "width_multiplier": round(scale.width, 4), "params": 0,
+           "macs": 0, "latency_ms": 1.0, "memory_mb": 10.0, "fits": True, "reason": None}
+    return {
+        "schema_version": 1, "target": target, "family": family, "precision": precision, "phi": PHI,
+        "phi_max": -3.9, "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
+        "resolution": scale.resolution, "params": 0, "macs": 0, "scale": scale.to_dict(), "num_classes": CLASSES,
+        "budget": {"latency_ms": latency_ms, "memory_mb": None, "percentile": percentile, "noise_margin_pct": 2.0},
+        "predicted": {"latency_ms": 1.0, "latency_ms_at_percentile": 1.0, "memory_mb": 10.0,
+                      "provenance": "published", "heldout_error_pct": None, "profile": None, "method": None,
+                      "note": None},
+        "measured": None, "verified": {"latency": None, "memory": None, "accuracy": None},
+        "accuracy": None, "int8": None, "precisions": [], "training": None,
+        "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png"},
+        "frontier": [row], "measurements": [],
+        "search": {"architectures": 1, "margin_pct": 10.0, "predictor_choice_phi": PHI,
+                   "reason_next_rejected": "no larger architecture in the φ range", "seconds": 0.0},
+        "parity": {},
+        "weights": "deterministic initialisation (seed 0): the accuracy check covers export fidelity only",
+        "host": {"python": "3.11", "machine": "x86_64"},
+    }
+
+
 def make_run(run_dir: Path, target: str, family: str = "resnet18", precision: str = "fp32", res: int = RES,
              latency_ms: float | None = 20.0, percentile: int = 50) -> Path:
     """A run directory as `deploy fit` leaves it (fit.json + model.onnx at the default opset 18), without fitting."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tiny_onnx(run_dir / "model.onnx", family, res)
-    scale = CompoundScaling().compound(PHI)
-    fit = {
-        "target": target, "family": family, "precision": precision, "phi": PHI,
-        "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
-        "resolution": scale.resolution, "params": 0, "macs": 0,
-        "budget": {"latency_ms": latency_ms, "memory_mb": None, "percentile": percentile},
-        "predicted": {"latency_ms": 1.0, "memory_mb": 10.0, "provenance": "published"},
-        "measured": None, "verified": {"latency": None, "memory": None, "accuracy": None},
-        "artifacts": {"onnx": "model.onnx", "report": "report.md"},
-        "weights": "deterministic initialisation (seed 0): the accuracy check covers export fidelity only",
-    }
+    fit = fit_record(target, family, precision, latency_ms, percentile)
     (run_dir / "fit.json").write_text(json.dumps(fit, indent=2))
     return run_dir
 

@@ -108,3 +108,7 @@ class EngineMismatch(DeployError):
 
 class TimesInvalid(DeployError):
     """A timings file (e.g. trtexec --exportTimes) that is missing, truncated or not in the expected format."""
+
+
+class RecordInvalid(DeployError):
+    """A run record (``RUN_DIR/fit.json``) that is not JSON or does not follow its schema; names the key."""

@@ -410,16 +410,16 @@ def build_run(run_dir: str | Path, precision: str | None = None, on_device: bool
     it builds from and why it was not built here).
     """
     from pipeline.predict.targets import load_target
-    from pipeline.record.rundir import read_fit, write_fit
+    from pipeline.record.rundir import read_record, write_record
     from pipeline.runtimes.tensorrt import read_sidecar
 
     run_dir = Path(run_dir)
-    fit = read_fit(run_dir)
+    fit = read_record(run_dir).to_json_dict()  # validated; the helpers below read it as JSON
     target = load_target(fit["target"], targets_dir)
     if target.runtime != "tensorrt":
         raise UsageError(f"target '{target.name}' runs {target.runtime}, which runs the ONNX model directly: "
                          f"{run_dir / 'model.onnx'} is what gets deployed; there is no engine to build.")
-    precision = target.check_precision(precision or fit.get("precision"))
+    precision = target.check_precision(precision or fit["precision"])
     int8 = None
     if precision == "int8":
         int8 = _int8_inputs(run_dir, fit)
@@ -468,17 +468,17 @@ def build_run(run_dir: str | Path, precision: str | None = None, on_device: bool
                                    "times_file": TIMES_FILE, "profile_file": PROFILE_FILE, "log_file": LOG_FILE},
                        "path": ENGINE_NAME, "sidecar": ENGINE_NAME + ".json"})
     record["when"] = datetime.now().astimezone().isoformat(timespec="seconds")
-    fit = read_fit(run_dir)  # re-read: keep anything written meanwhile
-    fit["engine"] = record
-    artifacts = dict(fit.get("artifacts") or {})
+    run = read_record(run_dir)  # re-read: keep anything written meanwhile
+    run.engine = record
+    artifacts = run.artifacts.model_dump(exclude_unset=True)
     if record["status"] == "built":
         artifacts["engine"] = record["path"]
     else:
         artifacts["build_script"] = record["script"]
     if onnx_info["reexported"]:
         artifacts[f"onnx_opset{onnx_info['opset']}"] = onnx.name
-    fit["artifacts"] = artifacts
-    write_fit(run_dir, fit)
+    run.artifacts = artifacts
+    write_record(run_dir, run)
     return record
 
 

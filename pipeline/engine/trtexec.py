@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import TimesInvalid, UsageError, VerificationFailed
+from pipeline.core.errors import TimesInvalid, UsageError
 
 DEFAULT_FIELD = "latencyMs"
 FIELDS = ("latencyMs", "computeMs", "h2dMs", "d2hMs", "endToEndMs")
@@ -182,13 +182,17 @@ def record_trtexec_times(run_dir: str | Path, times_file: str | Path, device: st
     as written by ``build_on_device.sh``), else "unknown device". ``warmup_ms`` defaults to
     the ``--warmUp`` recorded in fit.json's ``engine`` entry. Memory is not measured by
     trtexec: ``measured.memory_mb`` is None and ``verified.memory`` is left as it was.
-    ``raise_on_failure`` raises :class:`VerificationFailed` (exit 4) when over budget.
+    ``raise_on_failure`` raises :class:`VerificationFailed` (exit 4) when over budget. The
+    verdict is :func:`pipeline.record.verdict.latency_verdict`'s; fit.json is read and written
+    as a validated :class:`~pipeline.record.schema.RunRecord`.
     """
-    from pipeline.record.rundir import read_fit, write_fit
+    from pipeline.record.rundir import read_record, write_record
+    from pipeline.record.schema import TrtexecMeasured
+    from pipeline.record.verdict import latency_verdict, raise_if_failed
 
     run_dir, times_file = Path(run_dir), Path(times_file)
-    fit = read_fit(run_dir)
-    engine = fit.get("engine") or {}
+    record = read_record(run_dir)
+    engine = record.engine or {}
     if warmup_ms is None:
         warmup_ms = (engine.get("trtexec") or {}).get("warmup_ms")
     summary = summarize_trtexec_times(times_file, field, warmup_ms)
@@ -202,36 +206,29 @@ def record_trtexec_times(run_dir: str | Path, times_file: str | Path, device: st
     if device is None:
         name = log_info.get("device")
         cc = log_info.get("compute_capability")
-        device = f"{fit['target']}: {name}" + (f" (compute capability {cc})" if cc else "") if name else \
-            f"{fit['target']}: unknown device (trtexec log not found; pass device=)"
-    budget = fit.get("budget") or {}
-    pct = int(budget.get("percentile") or 50)
-    stat = {50: summary["p50_ms"], 90: summary["p90_ms"], 99: summary["p99_ms"]}.get(pct, summary["p50_ms"])
-    limit = budget.get("latency_ms")
-    fits = None if limit is None else bool(stat <= float(limit))
-    measured = {
-        "latency_ms": round(summary["p50_ms"], 4), "latency_ms_p90": round(summary["p90_ms"], 4),
-        "latency_ms_p99": round(summary["p99_ms"], 4), "memory_mb": None,
-        "device": device, "source": SOURCE, "file": str(times_file), "field": field,
-        "statistic": summary["statement"], "repeats": summary["n"], "warmup_dropped": summary["warmup_dropped"],
-        "gpu_compute_ms": summary["gpu_compute"],
-        "tensorrt_version": log_info.get("tensorrt_version"), "log": str(log_used) if log_used else None,
-        "precision": engine.get("precision", fit.get("precision")),
-        "provenance": {"source": SOURCE, "device": device, "file": str(times_file)},
-        "when": datetime.fromtimestamp(times_file.stat().st_mtime).astimezone().isoformat(timespec="seconds"),
-        "recorded": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    fit["measured"] = measured
-    verified = dict(fit.get("verified") or {})
-    verified["latency"] = fits
-    verified.setdefault("memory", None)
-    verified.setdefault("accuracy", None)
-    fit["verified"] = verified
-    write_fit(run_dir, fit)
-    if fits is False and raise_on_failure:
-        raise VerificationFailed(f"measured p{pct} latency {stat:.3f} ms on {device} ({SOURCE}) is over the budget "
-                                 f"of {float(limit):g} ms.")
-    return measured | {"verified_latency": fits, "budget_percentile": pct}
+        device = f"{record.target}: {name}" + (f" (compute capability {cc})" if cc else "") if name else \
+            f"{record.target}: unknown device (trtexec log not found; pass device=)"
+    measured = TrtexecMeasured(
+        latency_ms=round(summary["p50_ms"], 4), latency_ms_p90=round(summary["p90_ms"], 4),
+        latency_ms_p99=round(summary["p99_ms"], 4), memory_mb=None,
+        device=device, source=SOURCE, file=str(times_file), field=field,
+        statistic=summary["statement"], repeats=summary["n"], warmup_dropped=summary["warmup_dropped"],
+        gpu_compute_ms=summary["gpu_compute"],
+        tensorrt_version=log_info.get("tensorrt_version"), log=str(log_used) if log_used else None,
+        precision=engine.get("precision", record.precision),
+        provenance={"source": SOURCE, "device": device, "file": str(times_file)},
+        when=datetime.fromtimestamp(times_file.stat().st_mtime).astimezone().isoformat(timespec="seconds"),
+        recorded=datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+    verdict = latency_verdict(measured, record.budget)
+    record.measured = measured
+    # trtexec measures no memory and no accuracy: those verdicts stay what they were
+    record.verified = record.verified.model_copy(update={"latency": verdict.ok})
+    write_record(run_dir, record)
+    if raise_on_failure:
+        raise_if_failed(verdict)
+    return measured.model_dump(mode="json") | {"verified_latency": verdict.ok,
+                                               "budget_percentile": record.budget.percentile}
 
 
 __all__ = ["DEFAULT_FIELD", "FIELDS", "parse_trtexec_log", "parse_trtexec_records", "parse_trtexec_times",

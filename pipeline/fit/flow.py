@@ -27,12 +27,10 @@ from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Op
 from pipeline.fit.search import Budget, enumerate_architectures, search
 from pipeline.fit.steps import (
     WEIGHTS_HINT,
-    accuracy_verdict,
     make_int8,
     num_classes_of,
     precision_table,
     quantize_candidate,
-    raise_if_failed,
     verify_accuracy_step,
     weights_for,
 )
@@ -40,6 +38,8 @@ from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.loop import Measurement, closed_loop, measured_fits, measured_limits, remove_unchosen
 from pipeline.measure.settings import TimingSettings, timing
 from pipeline.models.weights import load_weights
+from pipeline.record.rundir import parse_record, write_record
+from pipeline.record.verdict import judge_record
 
 UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
 TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds (pipeline.measure.settings)
@@ -160,10 +160,9 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
         _publish(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    judgement = judge_record(parse_record(record, run_dir / "fit.json"))  # the verdicts written into fit.json
     record["run_dir"] = str(run_dir)
-    if record["verified"]["latency"] is False or record["verified"]["memory"] is False:
-        raise VerificationFailed(f"the shipped model measured over budget; see {run_dir / 'report.md'}.")
-    raise_if_failed(accuracy_verdict(record["accuracy"], record["int8"], data)[1], run_dir)
+    judgement.raise_if_failed(see=run_dir / "report.md")
     return record
 
 
@@ -192,9 +191,8 @@ def _relative_paths(data, run: Path):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from pipeline.core.io import write_json
-
-    write_json(path, data)
+    """fit.json, validated against the run record's schema (:mod:`pipeline.record.schema`) and written atomically."""
+    write_record(path.parent, parse_record(data, path))
 
 
 def _candidate(ctx: FitContext, run: Path, i: int, opset: int) -> Path:
@@ -277,10 +275,6 @@ def _measured_rejection(m: Measurement, budget: Budget) -> str:
     return f"φ={m.phi:g}: " + ("; ".join(parts) or "measured within the limits")
 
 
-def _within(value: float | None, limit: float | None) -> bool | None:
-    return None if limit is None or value is None else value <= limit
-
-
 def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final: Measurement | None,
             extra: dict) -> dict:
     tgt, family, precision, threads, archs = ctx.target, ctx.family, ctx.precision, ctx.threads, ctx.archs
@@ -303,9 +297,8 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
     opts = ctx.data
-    verified_accuracy, _ = accuracy_verdict(extra["accuracy"], extra["int8"], opts)
     weights = ctx.run.weights
-    return {
+    record = parse_record({
         "target": tgt.name, "family": family, "precision": precision,
         "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
         "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
@@ -318,10 +311,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
             "heldout_error_pct": pred.heldout_error_pct, "profile": pred.profile, "method": pred.method,
             "note": pred.note},
         "measured": measured,
-        "verified": {"latency": None if final is None else _within(final.latency_at(budget.percentile),
-                                                                   budget.latency_ms),
-                     "memory": None if final is None else _within(final.memory_mb, budget.memory_mb),
-                     "accuracy": verified_accuracy},
+        "verified": {"latency": None, "memory": None, "accuracy": None},  # decided below, from the record
         "accuracy": extra["accuracy"],
         "int8": extra["int8"],
         "precisions": precision_table(tgt, precision, threads, cost, extra["run"],
@@ -339,4 +329,6 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "weights": ("trained on " + opts.data if extra["training"] else str(weights) if weights else
                     "deterministic initialisation (seed 0): the accuracy check covers export fidelity only"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
-    }
+    }, "fit.json")
+    record.verified = judge_record(record).verified
+    return record.to_json_dict()

@@ -1,11 +1,19 @@
-"""The run report: Markdown with a latency-vs-φ plot, written next to fit.json."""
+"""The run report: Markdown with a latency-vs-φ plot, written next to fit.json.
+
+It reads the run only through :class:`~pipeline.record.schema.RunRecord`, so a report is
+never rendered from a record that does not follow the schema.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.record.schema import RunRecord
 
 
-def plot_frontier(fit: dict, path: Path) -> Path:
+def plot_frontier(fit: RunRecord, path: Path) -> Path:
     """Predicted (and measured) latency against φ, the budget line and the chosen point."""
     import matplotlib
 
@@ -13,18 +21,18 @@ def plot_frontier(fit: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    front = fit["frontier"]
-    ax.plot([f["phi"] for f in front], [f["latency_ms"] for f in front], "o-", ms=3, label="predicted p50")
-    meas = fit.get("measurements") or []
+    front = fit.frontier
+    ax.plot([f.phi for f in front], [f.latency_ms for f in front], "o-", ms=3, label="predicted p50")
+    meas = fit.measurements
     if meas:
-        ax.plot([m["phi"] for m in meas], [m["latency_ms"] for m in meas], "s", color="C3", label="measured p50")
-    if fit["budget"]["latency_ms"]:
-        ax.axhline(fit["budget"]["latency_ms"], color="k", ls="--", lw=1, label="budget")
-    lat = (fit["measured"] or fit["predicted"])["latency_ms"]
-    ax.plot([fit["phi"]], [lat], "*", ms=14, color="C2", label=f"chosen φ={fit['phi']:g}")
+        ax.plot([m.phi for m in meas], [m.latency_ms for m in meas], "s", color="C3", label="measured p50")
+    if fit.budget.latency_ms:
+        ax.axhline(fit.budget.latency_ms, color="k", ls="--", lw=1, label="budget")
+    lat = (fit.measured or fit.predicted).latency_ms
+    ax.plot([fit.phi], [lat], "*", ms=14, color="C2", label=f"chosen φ={fit.phi:g}")
     ax.set_xlabel("φ (compound)")
     ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{fit['family']} on {fit['target']} ({fit['precision']})")
+    ax.set_title(f"{fit.family} on {fit.target} ({fit.precision})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -33,21 +41,22 @@ def plot_frontier(fit: dict, path: Path) -> Path:
     return path
 
 
-def _provenance_line(fit: dict) -> str:
-    p = fit["predicted"]
-    err = "unknown" if p["heldout_error_pct"] is None else f"{p['heldout_error_pct']:g}% (p90, leave-one-out)"
-    if fit["measured"] is None:
-        return (f"**Latency was predicted, not measured**: from a {p['provenance']} profile "
-                f"(`{p['profile']}`), held-out error {err}. Nothing here was timed on {fit['target']}.")
-    m = fit["measured"]
-    return (f"Latency was **measured** on {m['device']} ({m['threads']} threads): p50 {m['latency_ms']:.2f} ms, "
-            f"p90 {m['latency_ms_p90']:.2f} ms. The {p['provenance']} profile predicted {p['latency_ms']:.2f} ms "
+def _provenance_line(fit: RunRecord) -> str:
+    p = fit.predicted
+    err = "unknown" if p.heldout_error_pct is None else f"{p.heldout_error_pct:g}% (p90, leave-one-out)"
+    if fit.measured is None:
+        return (f"**Latency was predicted, not measured**: from a {p.provenance} profile "
+                f"(`{p.profile}`), held-out error {err}. Nothing here was timed on {fit.target}.")
+    m = fit.measured
+    how = f"{m.threads} threads" if hasattr(m, "threads") else m.source
+    return (f"Latency was **measured** on {m.device} ({how}): p50 {m.latency_ms:.2f} ms, "
+            f"p90 {m.latency_ms_p90:.2f} ms. The {p.provenance} profile predicted {p.latency_ms:.2f} ms "
             f"(held-out error {err}).")
 
 
-def _precision_lines(fit: dict) -> list[str]:
+def _precision_lines(fit: RunRecord) -> list[str]:
     """fp32 / fp16 / int8 side by side; every latency says whether it was measured or predicted."""
-    rows = fit.get("precisions") or []
+    rows = fit.precisions
     if not rows:
         return []
 
@@ -56,54 +65,62 @@ def _precision_lines(fit: dict) -> list[str]:
 
     lines = ["## Precision", "", "| precision | latency ms | latency from | size MiB | size from | accuracy |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['precision']}{' (this run)' if r['precision'] == fit['precision'] else ''} | "
-              f"{num(r['latency_ms'], '.2f')} | {r['latency_source']} | "
-              f"{r['size_mb']:.2f} | {r['size_source']} | {num(r['accuracy'], '.4f')} |" for r in rows]
+    lines += [f"| {r.precision}{' (this run)' if r.precision == fit.precision else ''} | "
+              f"{num(r.latency_ms, '.2f')} | {r.latency_source} | "
+              f"{num(r.size_mb, '.2f')} | {r.size_source} | {num(r.accuracy, '.4f')} |" for r in rows]
     return lines + [""]
 
 
-def write_report(fit: dict, run_dir: Path) -> Path:
-    """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence."""
+def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
+    """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence.
+
+    ``fit`` is the run record, or its JSON object (validated here, so a report never shows a
+    record that fit.json's schema would refuse).
+    """
+    from pipeline.record.rundir import parse_record
+    from pipeline.record.schema import RunRecord
+
+    if not isinstance(fit, RunRecord):
+        fit = parse_record(fit, run_dir / "fit.json")
     png = plot_frontier(fit, run_dir / "latency_vs_phi.png")
-    b = fit["budget"]
-    budget = ", ".join(x for x in (b["latency_ms"] and f"{b['latency_ms']:g} ms p{b['percentile']}",
-                                   b["memory_mb"] and f"{b['memory_mb']:.1f} MiB") if x)
+    b, v = fit.budget, fit.verified
+    budget = ", ".join(x for x in (b.latency_ms and f"{b.latency_ms:g} ms p{b.percentile}",
+                                   b.memory_mb and f"{b.memory_mb:.1f} MiB") if x)
     lines = [
-        f"# edgefit: {fit['family']} for {fit['target']} ({fit['precision']})", "",
+        f"# edgefit: {fit.family} for {fit.target} ({fit.precision})", "",
         _provenance_line(fit), "",
-        f"Budget: {budget}. Chosen: **φ={fit['phi']:g}** (depth ×{fit['depth_multiplier']:.3f}, width "
-        f"×{fit['width_multiplier']:.3f}, resolution {fit['resolution']}), {fit['params']:,} parameters, "
-        f"{fit['macs'] / 1e6:.1f} M MACs.", "",
-        f"Next larger architecture rejected because: {fit['search']['reason_next_rejected']}.", "",
-        f"Verified: latency {fit['verified']['latency']}, memory {fit['verified']['memory']}, "
-        f"accuracy {fit['verified']['accuracy']}.", "",
+        f"Budget: {budget}. Chosen: **φ={fit.phi:g}** (depth ×{fit.depth_multiplier:.3f}, width "
+        f"×{fit.width_multiplier:.3f}, resolution {fit.resolution}), {fit.params:,} parameters, "
+        f"{fit.macs / 1e6:.1f} M MACs.", "",
+        f"Next larger architecture rejected because: {fit.search.reason_next_rejected}.", "",
+        f"Verified: latency {v.latency}, memory {v.memory}, accuracy {v.accuracy}.", "",
         f"![latency vs φ]({png.name})", "",
     ]
-    if fit.get("measurements"):
+    if fit.measurements:
         lines += ["## Measurements on the device", "",
                   "| φ | resolution | predicted ms | measured p50 | p90 | memory MiB | error | fits |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['phi']:g} | {m['resolution']} | {m['predicted_ms']:.2f} | {m['latency_ms']:.2f} | "
-                  f"{m['latency_ms_p90']:.2f} | {m['memory_mb']} | {m['error_pct']:+.1f}% | {m['fits']} |"
-                  for m in fit["measurements"]]
+        lines += [f"| {m.phi:g} | {m.resolution} | {m.predicted_ms:.2f} | {m.latency_ms:.2f} | "
+                  f"{m.latency_ms_p90:.2f} | {m.memory_mb} | {m.error_pct:+.1f}% | {m.fits} |"
+                  for m in fit.measurements]
         lines.append("")
-    par = fit.get("parity") or {}
+    par = fit.parity
     if par:
         lines += ["## Export fidelity (ONNX Runtime vs PyTorch)", "",
                   f"{par['n']} {par['source_of_inputs']} inputs: max abs error {par['max_abs_err']:.2e}, "
                   f"min cosine {par['cosine_min']:.6f}, top-1 agreement {par['top1_agreement']:.3f}; "
                   f"tolerances {par['tolerances']}, max_abs times the logit scale {par.get('logit_scale', 1.0):.3g} "
                   f"({'pass' if par['passed'] else 'FAIL'}).", "",
-                  f"Weights: {fit['weights']}.", ""]
-    acc = fit.get("accuracy")
+                  f"Weights: {fit.weights}.", ""]
+    acc = fit.accuracy
     if acc:
-        lines += ["## Accuracy", "", f"On the validation split of {acc['dataset']} ({acc['samples']} images): "
-                  f"PyTorch {acc['torch']:.4f}, ONNX Runtime {acc['onnx']:.4f}, top-1 agreement "
-                  f"{acc['agreement']:.4f}, max abs logit difference {acc['max_abs_logit_diff']:.2e}"
-                  + (f"; required ≥ {acc['min_accuracy']:g}" if acc.get("min_accuracy") is not None else "") + ".",
+        lines += ["## Accuracy", "", f"On the validation split of {acc.dataset} ({acc.samples} images): "
+                  f"PyTorch {acc.torch:.4f}, ONNX Runtime {acc.onnx:.4f}, top-1 agreement "
+                  f"{acc.agreement:.4f}, max abs logit difference {acc.max_abs_logit_diff:.2e}"
+                  + (f"; required ≥ {acc.min_accuracy:g}" if acc.min_accuracy is not None else "") + ".",
                   ""]
     lines += _precision_lines(fit)
-    q = fit.get("int8")
+    q = fit.int8
     if q:
         g = q["gate"]
         lines += [f"INT8: {q['quantization']['method']} calibration on {q['calibration_data']}; accuracy "
@@ -117,8 +134,8 @@ def write_report(fit: dict, run_dir: Path) -> Path:
     lines += ["## Frontier (distinct architectures evaluated)", "",
               "| φ | φ up to | resolution | params | MACs (M) | predicted ms | memory MiB | fits |",
               "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {f['phi']:g} | {f['phi_max']:g} | {f['resolution']} | {f['params']:,} | {f['macs'] / 1e6:.1f} | "
-              f"{f['latency_ms']:.2f} | {f['memory_mb']:.1f} | {f['fits']} |" for f in fit["frontier"]]
+    lines += [f"| {f.phi:g} | {f.phi_max:g} | {f.resolution} | {f.params:,} | {f.macs / 1e6:.1f} | "
+              f"{f.latency_ms:.2f} | {f.memory_mb:.1f} | {f.fits} |" for f in fit.frontier]
     from pipeline.core.io import atomic_write
 
     return atomic_write(run_dir / "report.md", "\n".join(lines) + "\n")

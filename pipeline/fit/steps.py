@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.errors import VerificationFailed
 from pipeline.fit.options import DataOptions, Int8Options
 
-CANDIDATE_CALIBRATION = 16
+CANDIDATE_CALIBRATION = 16  # random images: enough to quantize a candidate whose *latency* is measured
 WEIGHTS_HINT = ("Train this architecture or pass --phi-min/--phi-max so the search picks the one the weights "
-                "are for.")  # random images: enough to quantize a candidate whose *latency* is measured
+                "are for.")
 
 
 def num_classes_of(spec: str | None, default: int = 1000) -> int:
@@ -121,24 +120,18 @@ def verify_accuracy_step(run: Path, opts: DataOptions, precision: str, threads: 
 
 
 def accuracy_verdict(accuracy: dict | None, int8: dict | None, opts: DataOptions) -> tuple[bool | None, str | None]:
-    """(verified.accuracy, failure message or None)."""
-    if accuracy is None and (int8 is None or not int8["gated"]):
-        return None, None
-    problems = []
-    if accuracy is not None:
-        problems += accuracy["failures"]
-        if opts.min_accuracy is not None and accuracy["onnx"] < opts.min_accuracy:
-            problems.append(f"accuracy {accuracy['onnx']:.4f} on {accuracy['dataset']} is below --min-accuracy "
-                            f"{opts.min_accuracy:g} (the best the largest fitting model reached)")
-    if int8 is not None and int8["gated"] and not int8["gate"]["passed"]:
-        g = int8["gate"]
-        problems.append(f"int8 drop {g['drop_pp']:.2f} pp > {g['max_drop_pp']:g} pp")
-    return (not problems), ("; ".join(problems) or None)
+    """(verified.accuracy, failure message or None), decided by :func:`pipeline.record.verdict.accuracy_verdict`."""
+    from pipeline.record.verdict import accuracy_verdict as decide
+
+    return decide(accuracy, int8, opts.min_accuracy)
 
 
 def raise_if_failed(message: str | None, run_dir: Path) -> None:
-    if message:
-        raise VerificationFailed(f"{message}; see {run_dir / 'report.md'}.")
+    """A failed accuracy verdict's message as :class:`VerificationFailed` (exit 4) pointing at the report."""
+    from pipeline.record.verdict import Verdict
+    from pipeline.record.verdict import raise_if_failed as decide
+
+    decide(Verdict(False, message) if message else Verdict(None), see=run_dir / "report.md")
 
 
 def precision_table(tgt, precision: str, threads: int, cost, run: Path, outcome: dict) -> list[dict]:

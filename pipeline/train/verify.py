@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.compare import TOLERANCES, compare_accuracy, tolerance
-from pipeline.core.errors import ModelInvalid, UsageError, VerificationFailed
+from pipeline.core.errors import ModelInvalid, UsageError
 from pipeline.data.datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, LabelledData, batches, load_dataset
 
 ONNX_NAME = "model.onnx"
@@ -64,9 +64,14 @@ class VerifyReport:
         return write_json(path, self.to_dict())
 
     def raise_for_failure(self) -> None:
-        """Raise :class:`VerificationFailed` (exit 4) naming each failing number and its threshold."""
-        if not self.passed:
-            raise VerificationFailed(f"accuracy verification failed on {self.dataset}: " + "; ".join(self.failures))
+        """Raise :class:`VerificationFailed` (exit 4) naming each failing number and its threshold.
+
+        The pass/fail verdict and the exit-4 decision are :mod:`pipeline.record.verdict`'s.
+        """
+        from pipeline.record.verdict import Verdict, raise_if_failed
+
+        raise_if_failed(Verdict(self.passed, "; ".join(self.failures) or None),
+                        context=f"accuracy verification failed on {self.dataset}: ")
 
 
 def _locate(run: str | Path, onnx_path: str | Path | None) -> tuple[Path, Path]:
@@ -133,6 +138,7 @@ def verify_accuracy(
     import torch
 
     from pipeline.export.onnx import export_onnx
+    from pipeline.record.verdict import comparison_verdict
     from pipeline.train.trainer import load_checkpoint
 
     tol = tolerance(precision, max_drop_pp=max_drop_pp, min_agreement=min_agreement)
@@ -175,7 +181,7 @@ def verify_accuracy(
     report = VerifyReport(
         dataset=dataset.name, samples=int(len(labels)), torch_top1=torch_top1, onnx_top1=onnx_top1,
         drop_pp=drop_pp, agreement=agreement, max_abs_logit_diff=max_abs, thresholds=thresholds,
-        passed=not failures, failures=tuple(failures), precision=precision, onnx=str(onnx),
+        passed=bool(comparison_verdict(failures).ok), failures=tuple(failures), precision=precision, onnx=str(onnx),
         checkpoint=str(ckpt_path), checkpoint_val_accuracy=ckpt.val_accuracy, split=split.to_dict())
     if save:
         report.save((Path(run) if Path(run).is_dir() else ckpt_path.parent) / VERIFY_JSON)
