@@ -119,21 +119,6 @@ def verify_accuracy_step(run: Path, opts: DataOptions, precision: str, threads: 
             "failures": list(rep.failures), "min_accuracy": opts.min_accuracy}
 
 
-def accuracy_verdict(accuracy: dict | None, int8: dict | None, opts: DataOptions) -> tuple[bool | None, str | None]:
-    """(verified.accuracy, failure message or None), decided by :func:`pipeline.record.verdict.accuracy_verdict`."""
-    from pipeline.record.verdict import accuracy_verdict as decide
-
-    return decide(accuracy, int8, opts.min_accuracy)
-
-
-def raise_if_failed(message: str | None, run_dir: Path) -> None:
-    """A failed accuracy verdict's message as :class:`VerificationFailed` (exit 4) pointing at the report."""
-    from pipeline.record.verdict import Verdict
-    from pipeline.record.verdict import raise_if_failed as decide
-
-    decide(Verdict(False, message) if message else Verdict(None), see=run_dir / "report.md")
-
-
 def precision_table(tgt, precision: str, threads: int, cost, run: Path, outcome: dict) -> list[dict]:
     """One row per precision (fp32, fp16, int8): latency with its provenance, size, accuracy.
 
