@@ -24,6 +24,7 @@ from pipeline.data.datasets import DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, Lab
 
 ONNX_NAME = "model.onnx"
 VERIFY_JSON = "verify.json"
+BATCH_SIZE = 128  # validation images per forward pass (memory only: results do not depend on it)
 
 # The accuracy columns of the one tolerance table (pipeline.core.compare.TOLERANCES), per precision.
 ACCURACY_THRESHOLDS: dict[str, dict[str, float]] = {
@@ -115,23 +116,20 @@ def verify_accuracy(
     run: str | Path,
     data: str | Path | LabelledData | None = None,
     *,
-    max_drop_pp: float | None = None,
-    min_agreement: float | None = None,
     precision: str = "fp32",
     onnx_path: str | Path | None = None,
     threads: int = 2,
-    batch_size: int = 128,
-    val_fraction: float | None = None,
-    split_seed: int | None = None,
     save: bool = True,
+    **limits: float | None,
 ) -> VerifyReport:
     """Compare torch and ONNX Runtime top-1 on the validation split; save ``verify.json``.
 
     ``run`` is a run directory (``checkpoint.pt``, optionally ``model.onnx``) or a
     checkpoint file. ``data`` defaults to the dataset recorded in the checkpoint; the
-    split defaults to the checkpoint's (``val_fraction``, ``split_seed``), so the numbers are
-    on data the model did not train on. A missing ONNX file is exported (fp32) first.
-    Thresholds default to :data:`ACCURACY_THRESHOLDS` for ``precision``. Returns the
+    split is the checkpoint's (its ``val_fraction`` and seed), so the numbers are on data the
+    model did not train on. A missing ONNX file is exported (fp32) first. ``limits``
+    (``max_drop_pp``, ``min_agreement``) override the tolerance table's entries for
+    ``precision`` (:data:`pipeline.core.compare.TOLERANCES`). Returns the
     report whether or not it passes (call :meth:`VerifyReport.raise_for_failure` to turn a
     failure into exit code 4).
     """
@@ -141,7 +139,7 @@ def verify_accuracy(
     from pipeline.record.verdict import comparison_verdict
     from pipeline.train.trainer import load_checkpoint
 
-    tol = tolerance(precision, max_drop_pp=max_drop_pp, min_agreement=min_agreement)
+    tol = tolerance(precision, **limits)
     thresholds = {"max_drop_pp": tol.max_drop_pp, "min_agreement": tol.min_agreement}
 
     ckpt_path, onnx = _locate(run, onnx_path)
@@ -156,8 +154,8 @@ def verify_accuracy(
         raise ModelInvalid(f"checkpoint {ckpt_path} was trained on classes {list(ckpt.classes)[:10]} but dataset "
                            f"{dataset.name} has {list(dataset.classes)[:10]}.")
     rsplit = recorded.get("split") or {}
-    vf = val_fraction if val_fraction is not None else rsplit.get("val_fraction", DEFAULT_VAL_FRACTION)
-    ss = split_seed if split_seed is not None else rsplit.get("seed", DEFAULT_SPLIT_SEED)
+    vf = rsplit.get("val_fraction", DEFAULT_VAL_FRACTION)
+    ss = rsplit.get("seed", DEFAULT_SPLIT_SEED)
     split = dataset.split(vf, ss)
 
     model = ckpt.model()
@@ -168,7 +166,7 @@ def verify_accuracy(
     runner = _OnnxClassifier(onnx, threads, (3, pp.resolution, pp.resolution))
     ref_parts, got_parts = [], []
     with torch.no_grad():  # one preprocessing per batch, fed to both runtimes
-        for _, x, _ in batches(dataset, split.val, pp, batch_size):
+        for _, x, _ in batches(dataset, split.val, pp, BATCH_SIZE):
             ref_parts.append(model(x).float().numpy())
             got_parts.append(runner(x.numpy()))
     ref, got = np.concatenate(ref_parts), np.concatenate(got_parts)
