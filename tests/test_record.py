@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from pipeline.cli.commands import cli
+from pipeline.cli import cli
 from test_trtexec import trace, write_trtexec_json
 from tinymodels import fit_record, make_run
 
