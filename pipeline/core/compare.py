@@ -77,8 +77,21 @@ def tolerance(precision: str, **overrides: float | None) -> Tolerance:
     return tol
 
 
+class _Judged:
+    """Truthy when no limit failed: ``failures`` lists each failing number and its limit."""
+
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
 @dataclass(frozen=True)
-class LogitComparison:
+class LogitComparison(_Judged):
     """How far ``got`` logits are from ``ref`` on the same inputs. Truthy when every limit holds."""
 
     max_abs_err: float
@@ -89,13 +102,6 @@ class LogitComparison:
     output_spread: float
     n: int
     failures: tuple[str, ...] = field(default=())
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def __bool__(self) -> bool:
-        return self.passed
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -140,7 +146,7 @@ def compare_logits(ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> LogitCom
 
 
 @dataclass(frozen=True)
-class AccuracyComparison:
+class AccuracyComparison(_Judged):
     """Top-1 of a reference and a candidate on the same labelled inputs. Truthy when every limit holds.
 
     Without labels the reference's own predictions are the labels (its accuracy is then 1 and
@@ -155,13 +161,6 @@ class AccuracyComparison:
     n: int
     labels: str
     failures: tuple[str, ...] = field(default=())
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def __bool__(self) -> bool:
-        return self.passed
 
 
 def compare_accuracy(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, tol: Tolerance,

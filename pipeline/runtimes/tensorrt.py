@@ -253,7 +253,8 @@ class EngineOptions:
 class TensorRT(Runtime):
     """``TensorRT("tensorrt")`` or ``TensorRT("tensorrt-rtx")``: build engines, load them where they belong."""
 
-    def __init__(self, flavour: str = "tensorrt", device_index: int = 0):
+    def __init__(self, flavour: str = "tensorrt", device_index: int = 0, threads: int | None = None):
+        """``threads`` is accepted like every backend's and ignored: the engine runs on the GPU."""
         if flavour not in FLAVOURS:
             raise UsageError(f"TensorRT flavour must be one of {', '.join(FLAVOURS)}, not {flavour!r}.")
         self.flavour = self.name = flavour
