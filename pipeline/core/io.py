@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_writer", "file_lock", "sha256_bytes", "sha256_file", "write_json"]
+__all__ = ["atomic_write", "atomic_writer", "file_lock", "publish_dir", "sha256_bytes", "sha256_file", "write_json"]
 
 
 @contextlib.contextmanager
@@ -101,6 +101,26 @@ def file_lock(path: str | Path, timeout_s: float = 120.0) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Move a finished directory ``tmp`` to ``final``; an earlier ``final`` is removed only after that.
+
+    The directory counterpart of :func:`atomic_write`: a run directory is built next to its
+    destination and renamed into place whole, so a reader sees the old run or the new one.
+    """
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def sha256_bytes(data: bytes) -> str:

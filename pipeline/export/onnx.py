@@ -17,7 +17,7 @@ Files
     :func:`export_onnx` always writes ONE self-contained ``.onnx`` file: weights are
     embedded, never written as external data (every model here is far below protobuf's
     2 GB limit; a larger one is refused). The file is written atomically: to a temporary
-    file in the destination directory, checked, then ``os.replace``-d, so a failed
+    file in the destination directory, checked, then moved into place (:mod:`pipeline.core.io`), so a failed
     export never leaves a half-written file or destroys an existing good one.
 
 Determinism

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline.core.errors import BackendUnavailable, DeployError, ProfileMissing, UsageError, VerificationFailed
+from pipeline.core.io import publish_dir
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
 from pipeline.fit.search import Budget, enumerate_architectures, search
@@ -81,18 +82,6 @@ def _run_dir(out: str | Path | None, target: str, force: bool) -> Path:
         raise DeployError(f"{path} exists and is not empty; pass --force to replace it (only once the new run "
                           "succeeds), or choose another --out.")
     return path
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Move the finished run into place; an earlier run there is removed only after that."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _predictor(target, precision: str, threads: int | None, log: Callable[[str], None], progress):
@@ -157,7 +146,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
         from pipeline.fit.report import write_report
 
         write_report(record, tmp)
-        _publish(tmp, run_dir)
+        publish_dir(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     judgement = judge_record(parse_record(record, run_dir / "fit.json"))  # the verdicts written into fit.json

@@ -6,7 +6,7 @@ one line naming the file and the key (``runs/x/fit.json: 'budget.percentile' mus
 90 or 99 (got "fifty")``), and :func:`write_record` writes only a valid record. Commands
 that add to a finished run (``deploy build``, ``deploy verify --trtexec-times``) read the
 record, change their own fields and write it back atomically (:func:`pipeline.core.io.write_json`:
-a temporary file in the same directory, fsync, ``os.replace``), so a crash leaves either
+a temporary file in the same directory, fsync, rename), so a crash leaves either
 the old or the new record, never half of one.
 """
 

@@ -99,7 +99,7 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, model: ScalableNet, preprocess: Preprocess, classes: list[str] | tuple[str, ...],
                     val_accuracy: float | None, **meta) -> Path:
-    """Write a checkpoint atomically (temp file + ``os.replace``)."""
+    """Write a checkpoint atomically (:func:`pipeline.core.io.atomic_write`)."""
     path = Path(path)
     architecture = {"family": model.family, "scale": model.scale.to_dict(), "num_classes": model.num_classes}
     if "nominal_resolution" in meta:
