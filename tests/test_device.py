@@ -1,6 +1,7 @@
 """The one measuring interface: a LocalDevice times a real model through the runtime registry."""
 
 import pytest
+from tinymodels import tiny_onnx
 
 from pipeline.core.errors import BackendUnavailable
 from pipeline.core.io import sha256_file
@@ -8,7 +9,6 @@ from pipeline.engine.build import TRTEXEC_TIMING
 from pipeline.measure.device import LocalDevice
 from pipeline.measure.settings import TIMING, TimingSettings, timing
 from pipeline.predict.targets import load_target
-from tests.tinymodels import tiny_onnx
 
 QUICK = TimingSettings(warmup=2, min_repeats=8, min_time_s=0.05, rounds=2)
 

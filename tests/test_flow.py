@@ -5,34 +5,14 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from conftest import RANGE, tiny_suite, tiny_timing
 
 from pipeline.cli import cli
-from pipeline.fit.calibrate import SuiteEntry, calibrate
-from pipeline.measure.settings import TimingSettings
+from pipeline.fit.calibrate import calibrate
 from pipeline.measure.timing import time_onnx
 from pipeline.predict.targets import host_profile_path, load_target
 
-TINY_SUITE = tuple(SuiteEntry(f, p) for f in ("efficientnet", "resnet18") for p in (-4.0, -3.5, -3.0)) + (
-    SuiteEntry("efficientnet", dims=(-4, -4, -2)), SuiteEntry("resnet18", dims=(-4, -3, -4)),
-    SuiteEntry("efficientnet", dims=(-3, -4, -3)),
-)
-TINY_TIMING = TimingSettings(warmup=2, min_repeats=8, min_time_s=0.1)
-RANGE = ["--phi-min", "-4", "--phi-max", "-3"]
-
-
-@pytest.fixture(scope="module")
-def tiny_profile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("profile") / "host.json"
-    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=TINY_SUITE, settings=TINY_TIMING)
-    return out
-
-
-@pytest.fixture
-def host_profile(tiny_profile):
-    dest = host_profile_path("fp32", 1)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny_profile, dest)
-    return dest
+TINY_TIMING = tiny_timing()
 
 
 def run(*args):
@@ -149,7 +129,7 @@ def test_predicted_only_target_is_deterministic(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_int8_profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("profile8") / "host-int8.json"
-    calibrate(load_target("host"), "int8", threads=1, out=out, suite=TINY_SUITE, settings=TINY_TIMING)
+    calibrate(load_target("host"), "int8", threads=1, out=out, suite=tiny_suite(), settings=TINY_TIMING)
     return out
 
 

@@ -9,29 +9,21 @@ the file users get is the file the schema describes.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import jsonschema
 import pytest
 from click.testing import CliRunner
-from pipeline.cli import cli
+from conftest import RANGE
 from test_trtexec import trace, write_trtexec_json
 from tinymodels import fit_record, make_run
 
+from pipeline.cli import cli
 from pipeline.core.errors import RecordInvalid, VerificationFailed
-from pipeline.fit.calibrate import SuiteEntry, calibrate
 from pipeline.fit.search import Budget
-from pipeline.predict.targets import host_profile_path, load_target
 from pipeline.record import verdict
 from pipeline.record.rundir import read_record, write_record
 from pipeline.record.schema import SCHEMA_FILE, SCHEMA_VERSION, RunRecord, schema_text
-
-TINY_SUITE = tuple(SuiteEntry(f, p) for f in ("mobilenetv2", "efficientnet") for p in (-4.0, -3.5, -3.0)) + (
-    SuiteEntry("mobilenetv2", dims=(-4, -4, -2)), SuiteEntry("efficientnet", dims=(-3, -4, -3)),
-)
-TINY_TIMING = {"warmup": 2, "min_repeats": 8, "min_time_s": 0.1}
-RANGE = ["--phi-min", "-4", "--phi-max", "-3"]
 
 
 def invoke(*args):
@@ -81,17 +73,7 @@ def test_record_round_trips_exactly_and_a_record_without_version_is_version_1():
 # --- every writer writes a valid record ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_profile(tmp_path_factory):
-    out = tmp_path_factory.mktemp("profile") / "host.json"
-    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=TINY_SUITE, timing=TINY_TIMING)
-    return out
-
-
-def test_deploy_fit_on_host_writes_a_record_that_follows_the_schema(tiny_profile, tmp_path):
-    dest = host_profile_path("fp32", 1)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(tiny_profile, dest)
+def test_deploy_fit_on_host_writes_a_record_that_follows_the_schema(host_profile, tmp_path):
     out = tmp_path / "run"
     r = invoke("fit", "--target", "host", "--family", "mobilenetv2", "--latency", "30ms", "--threads", "1",
                "--out", out, *RANGE, "--json")
