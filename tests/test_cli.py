@@ -9,6 +9,7 @@ import sys
 import click
 import pytest
 from click.testing import CliRunner
+from tinymodels import fit_record
 
 from pipeline.cli import cli
 from pipeline.cli.options import FRACTION, PERCENT, PERCENTAGE_POINTS
@@ -167,7 +168,7 @@ def test_train_device_is_renamed():
 
 def _fit_json(run, target: str):
     run.mkdir()
-    (run / "fit.json").write_text(json.dumps({"target": target, "family": "efficientnet", "precision": "fp32"}))
+    (run / "fit.json").write_text(json.dumps(fit_record(target, family="efficientnet")))
     return run
 
 
