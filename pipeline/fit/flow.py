@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import BackendUnavailable, DeployError, ProfileMissing, UsageError, VerificationFailed
 from pipeline.core.io import publish_dir
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
-from pipeline.fit.search import Budget, enumerate_architectures, search
+from pipeline.fit.search import Architecture, Budget, SearchResult, enumerate_architectures, search
 from pipeline.fit.steps import (
     WEIGHTS_HINT,
     make_int8,
@@ -42,6 +43,10 @@ from pipeline.models.weights import load_weights
 from pipeline.record.rundir import parse_record, write_record
 from pipeline.record.verdict import judge_record
 
+if TYPE_CHECKING:
+    from pipeline.predict.predictor import Predictor
+    from pipeline.predict.targets import Target
+
 UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
 TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds (pipeline.measure.settings)
 
@@ -50,7 +55,7 @@ TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds 
 class FitContext:
     """Everything one fit decided before exporting: target, options, predictor, the search and its device."""
 
-    target: object
+    target: Target
     precision: str
     budget: Budget
     search: SearchOptions
@@ -59,9 +64,9 @@ class FitContext:
     run: RunOptions
     threads: int
     num_classes: int
-    predictor: object = None
-    archs: list = field(default_factory=list)
-    result: object = None
+    predictor: Predictor | None = None
+    archs: list[Architecture] = field(default_factory=list)
+    result: SearchResult | None = None
     device: Device | None = None
     measured_on: dict = field(default_factory=dict)  # architecture index -> its latest DeviceMeasurement
     log: Callable[[str], None] = lambda _: None
