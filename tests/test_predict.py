@@ -131,3 +131,20 @@ def test_quick_calibrate_on_a_tiny_suite(tmp_path):
     assert rec["latency_ms"]["p50"] > 0 and rec["peak_memory_mb"] > 0 and rec["repeats"] >= 5
     assert profile.device["threads"] == 1 and profile.device["cpu_model"] == host_machine()["cpu_model"]
     assert profile.runtime["name"] == "onnxruntime" and profile.method["statistic"]
+
+
+def test_a_tail_budget_on_a_median_only_profile_is_refused():
+    r = CliRunner().invoke(cli, ["fit", "--target", "jetson-nano", "--latency", "20ms", "--percentile", "99"],
+                           catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    assert "no p99 latencies" in r.stderr and "--percentile 50" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_measured_tails_come_from_the_records():
+    prof = synthetic_profile()
+    recs = [{**r, "latency_ms": {"p50": r["latency_ms"]["p50"], "p90": r["latency_ms"]["p50"] * 1.1,
+                                 "p99": r["latency_ms"]["p50"] * 1.5}} for r in prof.to_dict()["records"]]
+    pred = Predictor.fit(Profile.from_dict({**prof.to_dict(), "records": recs}))
+    p = pred.predict(scale_cost("efficientnet", CompoundScaling().compound(-1)))
+    assert p.latency_at(90) == pytest.approx(p.latency_ms * 1.1, rel=1e-3)
+    assert p.latency_at(99) == pytest.approx(p.latency_ms * 1.5, rel=1e-3)  # not p90 × a constant

@@ -164,6 +164,7 @@ def _search(ctx: FitContext, progress) -> None:
     """Fit the predictor, enumerate the distinct architectures and pick the largest predicted to fit."""
     lo, hi = ctx.search.phi_range
     ctx.predictor = _predictor(ctx.target, ctx.precision, ctx.threads, ctx.log, progress)
+    ctx.predictor.check_percentile(ctx.budget.percentile)
     err = ctx.predictor.heldout_error_pct
     margin = err if err is not None else UNKNOWN_ERROR_MARGIN_PCT
     ctx.archs = enumerate_architectures(ctx.family, lo, hi)

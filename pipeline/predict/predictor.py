@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import nnls
 
-from pipeline.core.errors import ProfileInvalid, ProfileMismatch, ProfileMissing
+from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling, Scale, preset
 from pipeline.cost.features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from pipeline.cost.trace import BYTES_PER_ELEMENT, Cost, scale_cost
@@ -47,15 +47,21 @@ class Prediction:
     profile: str
     method: str
     note: str | None = None
+    latency_ms_p99: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def latency_at(self, percentile: int) -> float:
-        """Predicted latency at p50 (fitted) or p90/p99 (p50 × the profile's tail ratio)."""
-        if percentile == 50 or self.latency_ms_p90 is None:
-            return self.latency_ms
-        return self.latency_ms_p90 if percentile == 90 else self.latency_ms_p90 * 1.05
+        """Predicted latency at p50 (fitted) or p90/p99 (p50 × that percentile's tail ratio in the profile).
+
+        A profile without that tail (published figures are medians) cannot say what a p90 or p99
+        will be: that is an error, never a silent p50.
+        """
+        value = {50: self.latency_ms, 90: self.latency_ms_p90, 99: self.latency_ms_p99}.get(percentile)
+        if value is None:
+            raise TailUnavailable(self.profile, percentile)
+        return value
 
 
 def record_scale(rec: dict) -> Scale:
@@ -146,11 +152,11 @@ class Predictor:
     """A fitted latency + memory predictor for one profile."""
 
     def __init__(self, profile: Profile, method: str, latency, memory, heldout: float | None,
-                 memory_heldout: float | None, tail_ratio: float | None, note: str | None = None,
+                 memory_heldout: float | None, tail_ratios: dict[int, float | None], note: str | None = None,
                  channel_block: int = 1):
         self.profile, self.method, self._latency, self._memory = profile, method, latency, memory
         self.heldout_error_pct, self.memory_heldout_error_pct = heldout, memory_heldout
-        self.tail_ratio, self.note = tail_ratio, note
+        self.tail_ratios, self.note = tail_ratios, note
         self.channel_block = channel_block  # conv channels padded to this (pipeline.cost.features)
 
     @property
@@ -186,7 +192,7 @@ class Predictor:
             memory = _Linear(MEMORY_FEATURES, tuple(float(v) for v in _nnls_relative(mx, my)))
             mem_heldout = _pct(_loo_errors(mx, my, _nnls_relative))
         method = f"per-op-kind linear (NNLS, relative error; channels padded to blocks of {block})"
-        return cls(profile, method, latency, memory, heldout, mem_heldout, _tail_ratio(records), channel_block=block)
+        return cls(profile, method, latency, memory, heldout, mem_heldout, _tail_ratios(records), channel_block=block)
 
     @classmethod
     def _fit_roofline(cls, profile: Profile, records: list[dict], hardware: dict) -> Predictor:
@@ -201,7 +207,7 @@ class Predictor:
         terms = "efficiency + fixed overhead" if with_overhead else "one efficiency"
         return cls(profile, f"roofline, {terms} fitted on {len(y)} record(s)",
                    lambda cost: float(coef @ _roof_row(cost, hardware, profile.precision, with_overhead)),
-                   None, heldout, None, _tail_ratio(records), note)
+                   None, heldout, None, _tail_ratios(records), note)
 
     @classmethod
     def _fit_roofline_transfer(cls, profile: Profile, hardware: dict, reference: Profile | None,
@@ -215,7 +221,7 @@ class Predictor:
         return cls(profile, "roofline (efficiency transferred)",
                    lambda cost: ref._latency(cost) / roofline_seconds(cost, reference_hardware, reference.precision)
                    * roofline_seconds(cost, hardware, profile.precision),
-                   None, None, None, ref.tail_ratio, note)
+                   None, None, None, ref.tail_ratios, note)
 
     # -- predicting ------------------------------------------------------------------------------
     def predict(self, cost: Cost) -> Prediction:
@@ -230,10 +236,14 @@ class Predictor:
             note = "; ".join(filter(None, [note, "memory is a static estimate (weights + peak activations)"]))
         if self.provenance != "measured":
             note = "; ".join(filter(None, [f"predicted from a {self.provenance} profile, not measured", note]))
-        p90 = latency * self.tail_ratio if self.tail_ratio else None
-        return Prediction(round(latency, 4), None if p90 is None else round(p90, 4), round(memory, 2),
-                          self.provenance, self.heldout_error_pct, self.memory_heldout_error_pct,
-                          str(self.profile.path), self.method, note)
+        tails = {p: None if r is None else round(latency * r, 4) for p, r in self.tail_ratios.items()}
+        return Prediction(round(latency, 4), tails[90], round(memory, 2), self.provenance, self.heldout_error_pct,
+                          self.memory_heldout_error_pct, str(self.profile.path), self.method, note, tails[99])
+
+    def check_percentile(self, percentile: int) -> None:
+        """Refuse a p90/p99 budget this profile has no tail for, before any search runs on a silent p50."""
+        if percentile != 50 and self.tail_ratios.get(percentile) is None:
+            raise TailUnavailable(str(self.profile.path), percentile)
 
 
 def _roof_row(cost: Cost, hardware: dict, precision: str, with_overhead: bool) -> np.ndarray:
@@ -241,9 +251,24 @@ def _roof_row(cost: Cost, hardware: dict, precision: str, with_overhead: bool) -
     return np.array([roof, 1.0] if with_overhead else [roof])
 
 
-def _tail_ratio(records: list[dict]) -> float | None:
-    ratios = [r["latency_ms"]["p90"] / r["latency_ms"]["p50"] for r in records if r["latency_ms"].get("p90")]
-    return float(np.median(ratios)) if ratios else None
+def _tail_ratios(records: list[dict]) -> dict[int, float | None]:
+    """{90: median p90/p50, 99: median p99/p50} over the records that state that percentile (None: none does)."""
+    out: dict[int, float | None] = {}
+    for pct in (90, 99):
+        ratios = [r["latency_ms"][f"p{pct}"] / r["latency_ms"]["p50"] for r in records
+                  if r["latency_ms"].get(f"p{pct}")]
+        out[pct] = float(np.median(ratios)) if ratios else None
+    return out
+
+
+class TailUnavailable(DeployError):
+    """A p90/p99 budget on a profile that holds only medians (exit 1)."""
+
+    def __init__(self, profile: str, percentile: int):
+        super().__init__(f"the profile {profile} has no p{percentile} latencies (its records give only the median), "
+                         f"so a p{percentile} budget cannot be predicted honestly. Use --percentile 50, or measure "
+                         f"on the device (deploy calibrate --agent URL, or deploy fit --agent URL).")
+        self.percentile = percentile
 
 
 def check_host_profile(profile: Profile, machine: dict) -> None:
