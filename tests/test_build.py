@@ -87,6 +87,7 @@ for a in "$@"; do
         --timingCacheFile=*) CACHE="${a#--timingCacheFile=}" ;;
     esac
 done
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # $0 $*"
 echo "[11/22/2026-10:00:00] [I] === Device Information ==="
 echo "[11/22/2026-10:00:00] [I] Selected Device: NVIDIA Tegra X1"
 echo "[11/22/2026-10:00:00] [I] Compute Capability: 5.3"

@@ -100,6 +100,9 @@ def test_deploy_build_and_verify_trtexec_times_write_records_that_follow_the_sch
     assert data["artifacts"]["build_script"] == "build_on_device.sh"
     assert data["engine"]["onnx_opset"] <= 13  # fit exported at the Nano's opset (TensorRT 8.2)
     times = write_trtexec_json(out / "trtexec_times.json", trace(100, start_ms=600))
+    # the log build_on_device.sh leaves beside the times: trtexec's banner names the ONNX it built from
+    (out / "trtexec.log").write_text(f"&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # trtexec "
+                                     f"--onnx={data['engine']['onnx']} --saveEngine=model.engine --fp16\n")
     r = invoke("verify", out, "--trtexec-times", times, "--device", "bench nano", "--json")
     assert r.exit_code == 0, r.output
     data = check_against_schema(out)

@@ -8,6 +8,7 @@ warm-up queries out; TensorRT 8.2 (JetPack 4) writes them too and adds endToEndM
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def test_truncated_and_foreign_files_are_clear_errors_naming_the_file(tmp_path):
         parse_trtexec_times(path, field="bogus")
 
 
-LOG = """[11/22/2026-10:00:00] [I] === Device Information ===
+RUNNING = ("&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # /usr/src/tensorrt/bin/trtexec --onnx=model.onnx "
+           "--saveEngine=model.engine --fp16 --exportTimes=trtexec_times.json\n")
+LOG = RUNNING + """[11/22/2026-10:00:00] [I] === Device Information ===
 [11/22/2026-10:00:00] [I] Selected Device: NVIDIA Tegra X1
 [11/22/2026-10:00:00] [I] Compute Capability: 5.3
 [11/22/2026-10:00:00] [I] SMs: 1
@@ -123,6 +126,7 @@ def _run(tmp_path: Path, latency_ms: float | None, percentile: int = 50) -> Path
     fit = fit_record("jetson-nano", "mobilenetv2", "fp16", latency_ms, percentile)
     fit["engine"] = {"status": "script", "precision": "fp16", "trtexec": {"warmup_ms": 500}}
     (run / "fit.json").write_text(json.dumps(fit))
+    (run / "model.onnx").write_bytes(b"the run's model")  # only its sha256 matters here
     return run
 
 
@@ -131,13 +135,14 @@ def test_record_writes_measured_with_device_provenance_and_verifies_the_budget(t
     times = write_trtexec_json(run / "trtexec_times.json", trace(10, start_ms=0) + trace(200, start_ms=510, seed=2),
                                keys=(*NEW_KEYS, "endToEndMs"))
     (run / "trtexec.log").write_text(LOG)
-    assert parse_trtexec_log(run / "trtexec.log") == {"device": "NVIDIA Tegra X1", "compute_capability": "5.3",
-                                                      "tensorrt_version": "8.2.1"}
+    info = parse_trtexec_log(run / "trtexec.log")
+    assert info["device"] == "NVIDIA Tegra X1" and info["compute_capability"] == "5.3"
+    assert info["tensorrt_version"] == "8.2.1" and info["onnx"] == "model.onnx" and "engine" not in info
     m = record_trtexec_times(run, times)
     fit = read_fit(run)
     assert fit["measured"]["latency_ms"] == m["latency_ms"] and m["repeats"] == 200 and m["warmup_dropped"] == 10
     assert fit["measured"]["provenance"] == {"source": "trtexec --exportTimes", "device": m["device"],
-                                             "file": str(times)}
+                                             "file": str(times), "model": "trtexec log: --onnx=model.onnx"}
     assert m["device"] == "jetson-nano: NVIDIA Tegra X1 (compute capability 5.3)" and m["tensorrt_version"] == "8.2.1"
     assert m["latency_ms"] <= m["latency_ms_p90"] <= m["latency_ms_p99"] and m["memory_mb"] is None
     assert fit["verified"]["latency"] is (m["latency_ms_p90"] <= 1.8) and m["budget_percentile"] == 90
@@ -147,19 +152,52 @@ def test_record_writes_measured_with_device_provenance_and_verifies_the_budget(t
 def test_record_over_budget_is_false_and_can_raise_exit_4(tmp_path):
     run = _run(tmp_path, latency_ms=0.5)
     times = write_trtexec_json(run / "times.json", trace(50))
-    m = record_trtexec_times(run, times, device="my nano")
+    sha = hashlib.sha256((run / "model.onnx").read_bytes()).hexdigest()
+    m = record_trtexec_times(run, times, device="my nano", model_sha256=sha)
     assert m["verified_latency"] is False and read_fit(run)["verified"]["latency"] is False
     assert m["device"] == "my nano"
     with pytest.raises(VerificationFailed, match="over the budget") as err:
-        record_trtexec_times(run, times, device="my nano", raise_on_failure=True)
+        record_trtexec_times(run, times, device="my nano", model_sha256=sha, raise_on_failure=True)
     assert err.value.exit_code == 4
 
 
 def test_record_without_latency_budget_leaves_verified_latency_null(tmp_path):
     run = _run(tmp_path, latency_ms=None)
+    (run / "trtexec.log").write_text(LOG)
     m = record_trtexec_times(run, write_trtexec_json(run / "times.json", trace(20)))
     assert m["verified_latency"] is None and read_fit(run)["verified"]["latency"] is None
-    assert "unknown device" in m["device"]
+
+
+def test_timings_must_be_of_this_runs_model_and_from_a_named_device(tmp_path):
+    run = _run(tmp_path, latency_ms=10.0)
+    times = write_trtexec_json(run / "times.json", trace(20))
+    with pytest.raises(TimesInvalid, match="cannot tell which model"):
+        record_trtexec_times(run, times, device="nano")  # no log, no sidecar, no sha256
+    (run / "trtexec.log").write_text(LOG.replace("--onnx=model.onnx", "--onnx=/home/me/resnet50.onnx"))
+    with pytest.raises(TimesInvalid, match="resnet50.onnx, which is not one of this run's models"):
+        record_trtexec_times(run, times)
+    with pytest.raises(TimesInvalid, match="matches none of this run's models"):
+        record_trtexec_times(run, times, device="nano", model_sha256="0" * 64)
+    (run / "trtexec.log").write_text(RUNNING)  # the right model, but no "Selected Device" line
+    with pytest.raises(TimesInvalid, match="--device NAME"):
+        record_trtexec_times(run, times)
+    assert read_fit(run)["measured"] is None  # nothing refused was recorded
+
+
+def test_a_loaded_engine_is_traced_to_its_onnx_through_the_sidecar(tmp_path):
+    run = _run(tmp_path, latency_ms=10.0)
+    times = write_trtexec_json(run / "times.json", trace(20))
+    loaded = LOG.replace("--onnx=model.onnx --saveEngine=model.engine", "--loadEngine=model.engine")
+    (run / "trtexec.log").write_text(loaded)
+    with pytest.raises(TimesInvalid, match="sidecar"):
+        record_trtexec_times(run, times)
+    sha = hashlib.sha256((run / "model.onnx").read_bytes()).hexdigest()
+    (run / "model.engine.json").write_text(json.dumps({"onnx_sha256": "f" * 64}))
+    with pytest.raises(TimesInvalid, match="none of this run's models"):
+        record_trtexec_times(run, times)
+    (run / "model.engine.json").write_text(json.dumps({"onnx_sha256": sha}))
+    m = record_trtexec_times(run, times)
+    assert m["provenance"]["model"].startswith("engine model.engine")
 
 
 def test_cli_verify_trtexec_times(tmp_path):
@@ -169,6 +207,7 @@ def test_cli_verify_trtexec_times(tmp_path):
 
     run = _run(tmp_path, latency_ms=1000.0)
     times = write_trtexec_json(run / "times.json", trace(50, start_ms=600))
+    (run / "trtexec.log").write_text(RUNNING)
     r = CliRunner().invoke(cli, ["verify", str(run), "--trtexec-times", str(times), "--device", "bench nano",
                                  "--json"])
     assert r.exit_code == 0, r.output
@@ -178,5 +217,6 @@ def test_cli_verify_trtexec_times(tmp_path):
     (tmp_path / "b").mkdir()
     run2 = _run(tmp_path / "b", latency_ms=0.0001)
     times2 = write_trtexec_json(run2 / "times.json", trace(50, start_ms=600))
+    (run2 / "trtexec.log").write_text(LOG)
     r = CliRunner().invoke(cli, ["verify", str(run2), "--trtexec-times", str(times2)])
     assert r.exit_code == 4

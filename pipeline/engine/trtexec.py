@@ -150,6 +150,10 @@ _LOG_PATTERNS = {
     "compute_capability": re.compile(r"Compute Capability:\s*([0-9.]+)"),
     "tensorrt_version": re.compile(r"TensorRT version:\s*([0-9.]+)"),
 }
+# trtexec's first line echoes its command: "&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # trtexec --onnx=m.onnx ..."
+# (samples/common/logging.h's test banner; TensorRT 10 prints v100300 for 10.3.0)
+_RUNNING = re.compile(r"&&&& RUNNING TensorRT\.trtexec \[TensorRT v(\d+)\] # (.*)$")
+_MODEL_ARGS = {"onnx": re.compile(r"(?:^|\s)--onnx=(\S+)"), "engine": re.compile(r"(?:^|\s)--loadEngine=(\S+)")}
 
 
 def parse_trtexec_log(path: str | Path) -> dict:
@@ -165,14 +169,69 @@ def parse_trtexec_log(path: str | Path) -> dict:
         for key, pattern in _LOG_PATTERNS.items():
             if key not in found and (m := pattern.search(line)):
                 found[key] = m.group(1).strip()
+        running = _RUNNING.search(line)
+        if running and "command" not in found:
+            found["command"] = running.group(2).strip()
+            found.setdefault("tensorrt_version", running.group(1))
+            for key, pattern in _MODEL_ARGS.items():
+                if m := pattern.search(running.group(2)):
+                    found[key] = m.group(1).strip("'\"")
     if "tensorrt_version" in found:
         found["tensorrt_version"] = normalize_version(found["tensorrt_version"])
     return found
 
 
+def run_models(run_dir: Path, record) -> dict[str, str]:
+    """``{file name: sha256}`` of the ONNX files of a run that an engine could have been built from."""
+    from pipeline.core.io import sha256_file
+
+    names = {v for k, v in record.artifacts.model_dump().items() if isinstance(v, str) and v.endswith(".onnx")}
+    names |= {n for n in ((record.engine or {}).get("onnx"),) if isinstance(n, str)}
+    return {n: sha256_file(run_dir / n) for n in sorted(names) if (run_dir / n).is_file()}
+
+
+def check_times_belong(run_dir: Path, record, log_info: dict, model_sha256: str | None = None,
+                       sidecar: Path | None = None) -> str:
+    """How we know the timings are of this run's model, or :class:`TimesInvalid` (exit 1) when we do not.
+
+    Evidence, strongest first: a ``model_sha256`` the user gives (``--model-sha256``); the engine the
+    log loaded (``--loadEngine``), through its sidecar's ONNX sha256; the ONNX the log built from
+    (``--onnx``), by name. A times file with none of these could be any model's, and is refused.
+    """
+    models = run_models(run_dir, record)
+    listed = ", ".join(f"{n} ({s[:12]}…)" for n, s in models.items()) or "none"
+    if model_sha256:
+        match = [n for n, s in models.items() if s == model_sha256.strip().lower()]
+        if not match:
+            raise TimesInvalid(f"--model-sha256 {model_sha256[:12]}… matches none of this run's models ({listed}): "
+                               "these timings are of another model.")
+        return f"model sha256 given, matches {match[0]}"
+    if log_info.get("engine"):
+        engine_name = Path(log_info["engine"]).name
+        side = sidecar if sidecar is not None else run_dir / f"{engine_name}.json"
+        if not side.is_file():
+            raise TimesInvalid(f"the trtexec log loaded engine {engine_name}, but {side} (its sidecar, which names the "
+                               "ONNX it was built from) is missing: copy it back from the device, or pass "
+                               "--model-sha256.")
+        built_from = json.loads(side.read_text(encoding="utf-8")).get("onnx_sha256")
+        if built_from not in models.values():
+            raise TimesInvalid(f"engine {engine_name} was built from an ONNX with sha256 {str(built_from)[:12]}…, "
+                               f"which is none of this run's models ({listed}).")
+        return f"engine {engine_name} (sidecar: built from this run's ONNX)"
+    if log_info.get("onnx"):
+        onnx_name = Path(log_info["onnx"]).name
+        if onnx_name not in models:
+            raise TimesInvalid(f"the trtexec log timed {log_info['onnx']}, which is not one of this run's models "
+                               f"({listed}): these timings are of another model.")
+        return f"trtexec log: --onnx={onnx_name}"
+    raise TimesInvalid("cannot tell which model these timings are of: give trtexec's log (--trtexec-log; "
+                       "build_on_device.sh writes trtexec.log), whose first line names the --onnx or --loadEngine it "
+                       "ran, or --model-sha256 with the sha256 of the ONNX that was timed.")
+
+
 def record_trtexec_times(run_dir: str | Path, times_file: str | Path, device: str | None = None, *,
                          field: str = DEFAULT_FIELD, warmup_ms: float | None = None, log_file: str | Path | None = None,
-                         raise_on_failure: bool = False) -> dict:
+                         model_sha256: str | None = None, raise_on_failure: bool = False) -> dict:
     """Write the device-measured latency from ``times_file`` into ``RUN_DIR/fit.json`` and return ``measured``.
 
     ``measured`` gets p50/p90/p99 of ``field`` with provenance ``{"source": "trtexec
@@ -203,11 +262,14 @@ def record_trtexec_times(run_dir: str | Path, times_file: str | Path, device: st
         if cand.is_file():
             log_info, log_used = parse_trtexec_log(cand), cand
             break
+    evidence = check_times_belong(run_dir, record, log_info, model_sha256)
     if device is None:
         name = log_info.get("device")
+        if not name:
+            raise TimesInvalid("name the device these timings came from: --device NAME (no trtexec log naming its "
+                               "'Selected Device' was found next to the times file).")
         cc = log_info.get("compute_capability")
-        device = f"{record.target}: {name}" + (f" (compute capability {cc})" if cc else "") if name else \
-            f"{record.target}: unknown device (trtexec log not found; pass device=)"
+        device = f"{record.target}: {name}" + (f" (compute capability {cc})" if cc else "")
     measured = TrtexecMeasured(
         latency_ms=round(summary["p50_ms"], 4), latency_ms_p90=round(summary["p90_ms"], 4),
         latency_ms_p99=round(summary["p99_ms"], 4), memory_mb=None,
@@ -216,7 +278,7 @@ def record_trtexec_times(run_dir: str | Path, times_file: str | Path, device: st
         gpu_compute_ms=summary["gpu_compute"],
         tensorrt_version=log_info.get("tensorrt_version"), log=str(log_used) if log_used else None,
         precision=engine.get("precision", record.precision),
-        provenance={"source": SOURCE, "device": device, "file": str(times_file)},
+        provenance={"source": SOURCE, "device": device, "file": str(times_file), "model": evidence},
         when=datetime.fromtimestamp(times_file.stat().st_mtime).astimezone().isoformat(timespec="seconds"),
         recorded=datetime.now().astimezone().isoformat(timespec="seconds"),
     )

@@ -104,6 +104,7 @@ class Provenance(_Strict):
     source: str
     device: str
     file: str
+    model: str | None = None  # how the timings are known to be of this run's model (trtexec log, sidecar, sha256)
 
 
 class TrtexecMeasured(_Strict):
