@@ -50,6 +50,14 @@ def test_memory_budget_alone(archs):
     assert r.chosen.memory_mb <= 50.0 and r.next_larger.memory_mb > 50.0
 
 
+def test_memory_is_padded_by_its_own_margin(archs):
+    exact = search(archs, macs_predictor, Budget(memory_mb=100.0), margin_pct=40.0, memory_margin_pct=0.0)
+    assert exact.chosen.memory_mb <= 100.0 and exact.next_larger.memory_mb > 100.0  # the latency margin is not used
+    padded = search(archs, macs_predictor, Budget(memory_mb=100.0), margin_pct=0.0, memory_margin_pct=25.0)
+    assert padded.chosen.memory_mb * 1.25 <= 100.0 and padded.chosen.index < exact.chosen.index
+    assert "25.0% memory margin" in padded.next_larger.reason and padded.memory_margin_pct == 25.0
+
+
 def test_infeasible_names_the_smallest(archs):
     with pytest.raises(BudgetInfeasible) as exc:
         search(archs, macs_predictor, Budget(latency_ms=0.01), margin_pct=0.0)

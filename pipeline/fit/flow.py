@@ -167,10 +167,12 @@ def _search(ctx: FitContext, progress) -> None:
     ctx.predictor.check_percentile(ctx.budget.percentile)
     err = ctx.predictor.heldout_error_pct
     margin = err if err is not None else UNKNOWN_ERROR_MARGIN_PCT
+    mem_err = ctx.predictor.memory_heldout_error_pct
+    mem_margin = mem_err if mem_err is not None else UNKNOWN_ERROR_MARGIN_PCT
     ctx.archs = enumerate_architectures(ctx.family, lo, hi)
     index = {id(a): i for i, a in enumerate(ctx.archs)}
     ctx.result = search(ctx.archs, lambda a: ctx.predict_arch(index[id(a)]), ctx.budget, margin,
-                        ctx.target.memory_mb, ctx.num_classes)
+                        ctx.target.memory_mb, ctx.num_classes, memory_margin_pct=mem_margin)
     ctx.log(f"search: {ctx.result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
             f"φ={ctx.result.chosen.phi:g} ({ctx.result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
 
@@ -318,6 +320,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "frontier": [frontier[k] for k in sorted(frontier)],
         "measurements": [m.to_dict() | {"onnx": None} for m in measurements],
         "search": {"architectures": result.architectures, "margin_pct": result.margin_pct,
+                   "memory_margin_pct": result.memory_margin_pct,
                    "predictor_choice_phi": result.chosen.phi, "reason_next_rejected": reason,
                    "seconds": result.seconds},
         "parity": extra["parity"],

@@ -69,6 +69,7 @@ class SearchResult:
     seconds: float
     archs: tuple[Architecture, ...] = field(repr=False, default=())
     evaluate: Callable[[int], Candidate] | None = field(repr=False, default=None, compare=False)
+    memory_margin_pct: float | None = None
 
     @property
     def reason_next_rejected(self) -> str | None:
@@ -112,8 +113,15 @@ Predict = Callable[[Architecture], tuple[float, float]]  # -> (latency_ms at the
 
 
 def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_pct: float,
-           memory_limit_mb: float | None = None, num_classes: int = 1000) -> SearchResult:
-    """Largest architecture whose prediction × (1 + margin) fits every budget."""
+           memory_limit_mb: float | None = None, num_classes: int = 1000,
+           memory_margin_pct: float | None = None) -> SearchResult:
+    """Largest architecture whose prediction × (1 + margin) fits every budget.
+
+    Latency is padded by ``margin_pct`` (the latency predictor's held-out error) and memory by
+    ``memory_margin_pct`` (the memory predictor's own held-out error; the latency margin when
+    not given): one predictor's error says nothing about the other's.
+    """
+    margins = (margin_pct, margin_pct if memory_margin_pct is None else memory_margin_pct)
     started = time.perf_counter()
     cache: dict[int, Candidate] = {}
 
@@ -122,7 +130,7 @@ def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_p
             arch = archs[i]
             cost = scale_cost(arch.family, arch.scale, num_classes)
             lat, mem = predict(arch)
-            reason = _rejection(lat, mem, budget, margin_pct, memory_limit_mb)
+            reason = _rejection(lat, mem, budget, margins, memory_limit_mb)
             s = arch.scale
             cache[i] = Candidate(i, arch.phi, arch.phi_max, s.resolution, round(s.depth, 4), round(s.width, 4),
                                  cost.params, cost.macs, round(lat, 4), round(mem, 2), reason is None, reason)
@@ -151,17 +159,18 @@ def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_p
         evaluate(j)
     nxt = cache.get(best + 1)
     return SearchResult(cache[best], tuple(cache[k] for k in sorted(cache)), nxt, margin_pct, len(archs),
-                        round(time.perf_counter() - started, 4), tuple(archs), evaluate)
+                        round(time.perf_counter() - started, 4), tuple(archs), evaluate, margins[1])
 
 
-def _rejection(lat: float, mem: float, budget: Budget, margin_pct: float, limit: float | None) -> str | None:
-    """Why a prediction does not fit, or None when it does."""
-    k = 1 + margin_pct / 100
+def _rejection(lat: float, mem: float, budget: Budget, margins: tuple[float, float],
+               limit: float | None) -> str | None:
+    """Why a prediction does not fit, or None when it does. ``margins``: (latency %, memory %)."""
+    k, km = 1 + margins[0] / 100, 1 + margins[1] / 100
     if budget.latency_ms is not None and lat * k > budget.latency_ms:
-        return (f"predicted p{budget.percentile} {lat:.2f} ms + {margin_pct:.1f}% margin = {lat * k:.2f} ms "
+        return (f"predicted p{budget.percentile} {lat:.2f} ms + {margins[0]:.1f}% margin = {lat * k:.2f} ms "
                 f"> {budget.latency_ms:g} ms budget")
-    if budget.memory_mb is not None and mem * k > budget.memory_mb:
-        return (f"predicted {mem:.1f} MiB + {margin_pct:.1f}% margin = {mem * k:.1f} MiB "
+    if budget.memory_mb is not None and mem * km > budget.memory_mb:
+        return (f"predicted {mem:.1f} MiB + {margins[1]:.1f}% memory margin = {mem * km:.1f} MiB "
                 f"> {budget.memory_mb:g} MiB budget")
     if limit is not None and mem > limit:
         return f"predicted {mem:.1f} MiB > the target's {limit:g} MiB"

@@ -245,6 +245,7 @@ class Search(_Strict):
 
     architectures: int
     margin_pct: float
+    memory_margin_pct: float | None = None  # memory's own held-out error (schema 1 files may lack it)
     predictor_choice_phi: float
     reason_next_rejected: str | None
     seconds: float
