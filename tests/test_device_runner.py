@@ -12,6 +12,7 @@ import ast
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,35 @@ def test_imports_only_the_standard_library_and_ort_numpy_lazily() -> None:
             lazy.add(node.module.split(".")[0])
     assert lazy - sys.stdlib_module_names == {"onnxruntime", "numpy"}
     assert "pipeline" not in lazy
+
+
+def _python36() -> str | None:
+    candidates = sorted(Path.home().glob(".pyenv/versions/3.6*/bin/python3.6")) + [shutil.which("python3.6")]
+    for path in filter(None, candidates):
+        try:
+            if subprocess.run([str(path), "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+PY36 = _python36()
+
+
+@pytest.mark.skipif(PY36 is None, reason="no Python 3.6 interpreter on this machine")
+def test_runs_under_python_36(tmp_path: Path) -> None:
+    """JetPack 4's Python: the runner must really run there, not just parse (numpy/onnxruntime may be absent)."""
+    info = subprocess.run([str(PY36), str(RUNNER), "info"], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["python"].startswith("3.6")
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    proc = subprocess.run([str(PY36), str(RUNNER), "measure", str(model), *QUICK], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert result["ok"] or result["error"], result
 
 
 def test_info_prints_the_facts() -> None:
@@ -161,6 +191,9 @@ def test_trtexec_flags_by_version() -> None:
     assert not any(f.startswith("--workspace") for f in v86 + v10)
     assert not any(f.startswith("--profilingVerbosity") for f in v80)
     assert "--profilingVerbosity=detailed" in v82 and "--profilingVerbosity=detailed" in v10
+    odd = dev.trtexec_flags((8, 2, 1), "m.onnx", "fp32", {"min_repeats": 5, "min_time_s": 1.5, "warmup_ms": 99.6,
+                                                          "avg_runs": None}, "t.json")
+    assert "--duration=2" in odd and "--warmUp=100" in odd and "--avgRuns=1" in odd and "--fp16" not in odd
 
 
 def test_export_times_parsing() -> None:
@@ -187,3 +220,4 @@ def test_onnx_shape_check() -> None:
     assert dev.looks_like_onnx(b"hello world") is not None
     assert dev.looks_like_onnx(b"PK\x03\x04\x14\x00\x00\x00") is not None
     assert "truncated" in dev.looks_like_onnx(b"\x08\x07\x3a\x10\x0a\x00")
+    assert "truncated" in dev.looks_like_onnx(b"\x08\x87")

@@ -270,9 +270,11 @@ def trtexec_flags(version: Tuple[int, int, int], model: str, precision: str, set
         flags.append("--profilingVerbosity=detailed")
     warmup_ms = settings.get("warmup_ms")
     avg_runs = settings.get("avg_runs")
-    flags += ["--warmUp={:g}".format(float(TRTEXEC_DEFAULTS["warmup_ms"] if warmup_ms is None else warmup_ms)),
+    # integers: older trtexec parses --warmUp and --duration as int (sampleOptions.h `int duration`); the
+    # duration is rounded up so that "at least min_time_s" still holds
+    flags += ["--warmUp={}".format(int(round(TRTEXEC_DEFAULTS["warmup_ms"] if warmup_ms is None else warmup_ms))),
               "--iterations={}".format(int(settings["min_repeats"])),
-              "--duration={:g}".format(float(settings["min_time_s"])),
+              "--duration={}".format(int(math.ceil(float(settings["min_time_s"])))),
               "--avgRuns={}".format(int(TRTEXEC_DEFAULTS["avg_runs"] if avg_runs is None else avg_runs)),
               "--exportTimes=" + times_file]
     return flags
@@ -650,10 +652,10 @@ def looks_like_onnx(data: bytes) -> Optional[str]:
             else:
                 return f"not an ONNX model (wire type {wire} at byte {pos})"
             if pos > n:
-                return "truncated ONNX model (a field runs past the end of the body)"
+                return "not a complete ONNX model (a field runs past the end of the body: truncated, or not ONNX)"
             seen.add((field, wire))
     except ValueError:
-        return "truncated ONNX model (an unfinished varint)"
+        return "not a complete ONNX model (an unfinished varint: truncated, or not ONNX)"
     if (1, 0) not in seen or (7, 2) not in seen:
         return "not an ONNX model (no ir_version and graph)"
     return None
@@ -697,6 +699,7 @@ def parse_measure_query(query: str) -> dict:
 class AgentServer(ThreadingMixIn, HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64  # listen backlog: a burst of clients is answered (maybe 429), not refused
 
     def __init__(self, address, token: Optional[str], max_body: int, queue: int, job_timeout_s: float,
                  max_requests: Optional[int]):
@@ -859,13 +862,13 @@ class AgentHandler(BaseHTTPRequestHandler):
                 try:
                     result = measure(path, params["runtime"], params["precision"], params.get("threads", 1),
                                      params["settings"], self.server.job_timeout_s, raise_timeout=True)
+                    code = 200 if result.get("ok") else 422
                 except MeasureTimeout as exc:
-                    self.send_json(504, {"error": one_line(str(exc))})
-                    return
-        finally:
+                    result, code = {"error": one_line(str(exc))}, 504
+        finally:  # the upload is gone before the client hears back
             if os.path.exists(path):
                 os.unlink(path)
-        self.send_json(200 if result.get("ok") else 422, result)
+        self.send_json(code, result)
 
 
 def is_loopback(host: str) -> bool:
