@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -221,3 +222,56 @@ def test_onnx_shape_check() -> None:
     assert dev.looks_like_onnx(b"PK\x03\x04\x14\x00\x00\x00") is not None
     assert "truncated" in dev.looks_like_onnx(b"\x08\x07\x3a\x10\x0a\x00")
     assert "truncated" in dev.looks_like_onnx(b"\x08\x87")
+
+
+STUB = '''#!{python}
+"""A stand-in for trtexec (none on this machine): NVIDIA's banner, then the --exportTimes fixture."""
+import os, shutil, sys, time
+print("&&&& RUNNING TensorRT.trtexec [TensorRT v{version}] # trtexec " + " ".join(sys.argv[1:]), flush=True)
+with open({log!r}, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if any(a.startswith("--onnx=") for a in sys.argv) and os.environ.get("STUB_HANG") == "1":
+    time.sleep(600)
+for arg in sys.argv[1:]:
+    if arg.startswith("--exportTimes="):
+        shutil.copy({times!r}, arg.split("=", 1)[1])
+'''
+
+
+def _stub_trtexec(tmp_path: Path, version: str = "8201") -> tuple[Path, Path]:
+    log = tmp_path / "trtexec.log"
+    stub = tmp_path / "trtexec"
+    stub.write_text(STUB.format(python=sys.executable, version=version, log=str(log),
+                                times=str(FIXTURES / "times-8.2.json")))
+    stub.chmod(0o755)
+    return stub, log
+
+
+def test_measure_with_a_stand_in_trtexec(tmp_path: Path) -> None:
+    stub, log = _stub_trtexec(tmp_path)
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    env = {**os.environ, "TRTEXEC": str(stub)}
+    proc = subprocess.run([sys.executable, str(RUNNER), "measure", str(model), "--runtime", "tensorrt",
+                           "--precision", "fp16", "--min-repeats", "3", "--min-time-s", "1", "--warmup-ms", "200",
+                           "--avg-runs", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] is True, result
+    assert result["runtime"]["name"] == "tensorrt" and result["runtime"]["version"] == "8.2.1"
+    assert result["threads"] is None and result["runtime"]["provider"] is None
+    lat = result["latency_ms"]
+    assert lat["n"] == 3 and lat["warmup"] == 2 and lat["p50"] == pytest.approx(1.15)
+    measured = [line for line in log.read_text().splitlines() if "--onnx=" in line][0].split()
+    assert measured == result["runtime"]["flags"]
+    assert "--workspace=1024" in measured and "--fp16" in measured and "--warmUp=200" in measured
+
+
+def test_a_hanging_trtexec_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    stub, _ = _stub_trtexec(tmp_path, version="100300")
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    env = {**os.environ, "TRTEXEC": str(stub), "STUB_HANG": "1"}
+    proc = subprocess.run([sys.executable, str(RUNNER), "measure", str(model), "--runtime", "tensorrt",
+                           "--timeout-s", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] is False and "timeout" in result["error"]
