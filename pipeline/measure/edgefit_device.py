@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 # ruff: noqa: UP006, UP007, UP035, UP045
+# (typing.List/Optional on purpose: Python 3.6 cannot subscript list/dict or use X | None)
 """edgefit device runner: measures ONNX models on an edge device, standalone.
 
 This one file is copied to the device (``deploy device-script OUT.py``, calibration bundles) and is
@@ -8,11 +9,14 @@ under Python >= 3.6 (JetPack 4 ships 3.6): no dataclasses, no ``capture_output``
 ``ThreadingHTTPServer``, no postponed annotations, and it imports nothing from ``pipeline``.
 ``onnxruntime``/``numpy`` are imported lazily, only inside the measuring child process.
 
-Commands (see the protocol in docs):
+Commands:
   info                      the device facts as JSON
   measure MODEL.onnx [...]  one result JSON (exit 0 even when ok=false)
-  run DIR                   measure every model of DIR/manifest.json into DIR/results.json
-  serve [...]               the HTTP measurement agent
+  run DIR                   measure every model of DIR/manifest.json into DIR/results.json (atomically)
+  serve [...]               the HTTP measurement agent: GET /v1/info, POST /v1/measure (raw ONNX body);
+                            bearer token (--token-file or $EDGEFIT_AGENT_TOKEN, required off loopback),
+                            body cap checked before reading, one job at a time behind a bounded queue (429),
+                            job timeout (504), uploads stored under uuid names in a private 0700 directory
 
 Every measurement runs in a child process (``python edgefit_device.py _child ...`` or ``trtexec``)
 that is killed after its timeout; the parent never loads a model itself, so a model that crashes or
