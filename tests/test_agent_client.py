@@ -64,7 +64,7 @@ def _time_model(path: Path, q: dict) -> dict:
 class FakeAgent(BaseHTTPRequestHandler):
     script: list[str] = []  # per-request behaviour overrides, consumed in order: "busy", "fail", "corrupt"
     seen: list[dict] = []
-    max_body = 10 << 20
+    max_body = 512 << 20
 
     def log_message(self, *args):  # keep pytest output clean
         pass
@@ -125,7 +125,7 @@ class FakeAgent(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def fake_agent(script: list[str] | None = None, max_body: int = 10 << 20):
+def fake_agent(script: list[str] | None = None, max_body: int = 512 << 20):
     FakeAgent.script, FakeAgent.seen, FakeAgent.max_body = list(script or []), [], max_body
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeAgent)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -228,3 +228,23 @@ def test_check_device_accepts_the_right_device():
     assert check_device(pi, load_target("raspberry-pi-4")) == [
         "the device's CPU governor is 'ondemand', not 'performance': timings may drift"]
     assert check_device(facts(), load_target("host")) == []
+
+
+def test_fit_measures_through_the_agent(tmp_path):
+    """The closed loop runs on a non-host target through the agent; fit.json names the agent's device."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    args = ["fit", "--target", "raspberry-pi-4", "--latency", "50ms", "--family", "resnet18", "--phi-min", "-4",
+            "--phi-max", "-3.5", "--agent-token-file", str(token), "--out", str(tmp_path / "run"), "--json"]
+    with fake_agent() as url:
+        refused = CliRunner().invoke(cli, [*args, "--agent", url])
+        assert refused.exit_code == 1 and "--accept-device" in refused.output and "is a Raspberry Pi" in refused.output
+        result = CliRunner().invoke(cli, [*args, "--agent", url, "--accept-device"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "fit.json").read_text())
+    assert record["measured"]["device"] == f"raspberry-pi-4: Fake CPU @ 3GHz (agent {url})"
+    assert record["verified"]["latency"] is True and FakeAgent.seen[0]["rounds"] == "3"

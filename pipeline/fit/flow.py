@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.core.errors import BackendUnavailable, DeployError, ProfileMissing, UsageError, VerificationFailed
+from pipeline.core.errors import DeployError, ProfileMissing, UsageError, VerificationFailed
 from pipeline.core.io import publish_dir
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
@@ -115,10 +115,20 @@ def check_budget(budget: Budget) -> Budget:
     return budget
 
 
-def _device(target, threads: int, options: DeviceOptions) -> Device | None:
-    """Where candidates are measured: this machine when it is the target, else nowhere (predicted only)."""
+def _device(target, threads: int, options: DeviceOptions, log: Callable[[str], None] = lambda _: None
+            ) -> Device | None:
+    """Where candidates are measured: the agent (--agent), else this machine when it is the target, else nowhere.
+
+    An agent is asked what it is first, and refused when that contradicts the target (unless
+    --accept-device): timings from the wrong device would mislabel every decision made from them.
+    """
     if options.agent is not None:
-        raise BackendUnavailable("the measurement agent (--agent) is not available yet; fit on 'host' or predict.")
+        from pipeline.measure.agent import AgentDevice, check_device, read_token
+
+        device = AgentDevice(options.agent, target, token=read_token(options.agent_token_file), threads=threads)
+        for warning in check_device(device.facts(), target, accept=options.accept_device):
+            log(f"warning: {warning}")
+        return device
     return LocalDevice(target, threads) if target.measurable else None
 
 
@@ -138,7 +148,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
     threads = device.threads or tgt.threads
     ctx = FitContext(tgt, tgt.check_precision(precision), budget, search_options, data, int8, run, threads,
                      run.num_classes or num_classes_of(data.data), log=log)
-    ctx.device = _device(tgt, threads, device)
+    ctx.device = _device(tgt, threads, device, log)
     run_dir = _run_dir(run.out, tgt.name, run.force)
     _search(ctx, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
