@@ -212,7 +212,7 @@ def facts(**kw) -> dict:
 def test_check_device_refuses_contradictions():
     with pytest.raises(DeployError, match="no TensorRT.*--accept-device"):
         check_device(facts(), load_target("rtx-4090"))
-    with pytest.raises(DeployError, match="is a Jetson but the agent runs on Fake CPU @ 3GHz \\(x86_64\\)"):
+    with pytest.raises(DeployError, match="is a Jetson but the device is Fake CPU @ 3GHz \\(x86_64\\)"):
         check_device(facts(runtimes={"tensorrt": "8.6"}), load_target("jetson-orin-nano"))
     with pytest.raises(DeployError, match="is a Raspberry Pi"):
         check_device(facts(), load_target("raspberry-pi-4"))
@@ -248,3 +248,23 @@ def test_fit_measures_through_the_agent(tmp_path):
     record = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert record["measured"]["device"] == f"raspberry-pi-4: Fake CPU @ 3GHz (agent {url})"
     assert record["verified"]["latency"] is True and FakeAgent.seen[0]["rounds"] == "3"
+
+
+def test_calibrate_through_the_agent_is_preferred_by_predictions():
+    """calibrate --agent: a measured profile under $EDGEFIT_HOME that the target's predictions then use."""
+    from pipeline.fit.calibrate import calibrate
+    from pipeline.predict.predictor import load_predictor
+    from pipeline.predict.targets import device_profile_path
+    from tests.conftest import tiny_suite, tiny_timing
+
+    target = load_target("raspberry-pi-4")
+    shipped = target.profile_path("fp32")
+    with fake_agent() as url:
+        profile = calibrate(target, "fp32", suite=tiny_suite(), settings=tiny_timing(),
+                            device=AgentDevice(url, target, token=TOKEN))
+    assert profile.path == device_profile_path("raspberry-pi-4", "onnxruntime", "fp32") != shipped
+    assert profile.provenance == "measured" and profile.device["model"] == "Fake CPU @ 3GHz"
+    assert profile.device["threads"] == 4 and FakeAgent.seen[0]["threads"] == "4"
+    assert len(profile.records) == len(tiny_suite()) and profile.runtime["name"] == "onnxruntime"
+    assert load_target("raspberry-pi-4").profile_path("fp32") == profile.path
+    assert load_predictor(load_target("raspberry-pi-4"), "fp32").provenance == "measured"

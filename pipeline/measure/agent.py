@@ -35,6 +35,15 @@ ARM_MACHINES = ("aarch64", "arm64", "armv7l")
 TOKEN_HINT = f"pass it with --agent-token-file FILE or the {TOKEN_ENV} environment variable"
 
 
+def runner_path() -> Path:
+    """The device runner's source (``pipeline/measure/edgefit_device.py``): the one copy devices run."""
+    path = Path(__file__).with_name("edgefit_device.py")
+    if not path.is_file():
+        raise DeployError(f"the device runner {path} is missing from this edgefit installation; reinstall edgefit "
+                          "(it ships pipeline/measure/edgefit_device.py).")
+    return path
+
+
 def read_token(token_file: str | Path | None = None) -> str | None:
     """The agent token: the first line of ``token_file``, else ``$EDGEFIT_AGENT_TOKEN``, else None."""
     if token_file is not None:
@@ -81,13 +90,13 @@ def check_device(facts: dict, target, accept: bool = False) -> list[str]:
     if target.runtime == "tensorrt" and not runtimes.get("tensorrt"):
         problems.append(f"target '{target.name}' runs TensorRT but the agent's device has no TensorRT (trtexec)")
     if target.name.startswith("jetson") and not (facts.get("jetson") and machine == "aarch64"):
-        problems.append(f"target '{target.name}' is a Jetson but the agent runs on {model} ({machine})")
+        problems.append(f"target '{target.name}' is a Jetson but the device is {model} ({machine})")
     if target.name.startswith("raspberry-pi") and machine not in ("aarch64", "armv7l"):
-        problems.append(f"target '{target.name}' is a Raspberry Pi but the agent runs on {model} ({machine})")
+        problems.append(f"target '{target.name}' is a Raspberry Pi but the device is {model} ({machine})")
     if target.runtime == "onnxruntime" and not runtimes.get("onnxruntime"):
         problems.append(f"target '{target.name}' runs ONNX Runtime but the agent's device has none installed")
     if target.name.startswith("raspberry-pi") and "raspberry" not in model.lower() and not problems:
-        warnings.append(f"target '{target.name}': the agent's device says it is '{model}', not a Raspberry Pi")
+        warnings.append(f"target '{target.name}': the device says it is '{model}', not a Raspberry Pi")
     governor = facts.get("cpu_governor")
     if governor and governor != "performance":
         warnings.append(f"the device's CPU governor is '{governor}', not 'performance': timings may drift")
@@ -225,4 +234,5 @@ class AgentDevice(Device):
             facts=self.facts())
 
 
-__all__ = ["TOKEN_ENV", "AgentDevice", "check_device", "read_token", "settings_query", "timing_from_result"]
+__all__ = ["TOKEN_ENV", "AgentDevice", "check_device", "read_token", "runner_path", "settings_query",
+           "timing_from_result"]
