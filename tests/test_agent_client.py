@@ -244,10 +244,42 @@ def test_fit_measures_through_the_agent(tmp_path):
         refused = CliRunner().invoke(cli, [*args, "--agent", url])
         assert refused.exit_code == 1 and "--accept-device" in refused.output and "is a Raspberry Pi" in refused.output
         result = CliRunner().invoke(cli, [*args, "--agent", url, "--accept-device"])
-    assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "run" / "fit.json").read_text())
-    assert record["measured"]["device"] == f"raspberry-pi-4: Fake CPU @ 3GHz (agent {url})"
-    assert record["verified"]["latency"] is True and FakeAgent.seen[0]["rounds"] == "3"
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / "run" / "fit.json").read_text())
+        assert record["measured"]["device"] == f"raspberry-pi-4: Fake CPU @ 3GHz (agent {url})"
+        assert record["measured"]["agent"] == url and record["measured"]["facts"]["machine"] == "x86_64"
+        assert record["verified"]["latency"] is True and FakeAgent.seen[0]["rounds"] == "3"
+        _verify_through_the_agent(tmp_path / "run", url, token)
+
+
+def _verify_through_the_agent(run, url, token):
+    """verify --agent: re-measured, recorded, JUnit written; a missed budget is exit 4 with a <failure>."""
+    import xml.etree.ElementTree as ET
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.record.rundir import read_record, write_record
+
+    args = ["verify", str(run), "--agent", url, "--agent-token-file", str(token), "--accept-device",
+            "--junit", str(run.parent / "junit.xml")]
+    FakeAgent.seen.clear()
+    ok = CliRunner().invoke(cli, args)
+    assert ok.exit_code == 0, ok.output
+    assert FakeAgent.seen[0]["rounds"] == "3"  # the fit row
+    suite = ET.parse(run.parent / "junit.xml").getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "0"  # latency, memory (skipped), parity
+    assert {c.get("name") for c in suite.iter("testcase")} == {"latency p50", "memory", "parity"}
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["device"].endswith(f"(agent {url})") and float(props["latency_ms_p50"]) > 0
+    record = read_record(run)
+    record.budget = record.budget.model_copy(update={"latency_ms": 1e-4})
+    write_record(run, record)
+    missed = CliRunner().invoke(cli, args)
+    assert missed.exit_code == 4 and "over the budget" in missed.output
+    failure = ET.parse(run.parent / "junit.xml").getroot().find("testcase[@name='latency p50']/failure")
+    assert failure is not None and "over the budget of 0.0001 ms" in failure.get("message")
+    assert read_record(run).verified.latency is False
 
 
 def test_calibrate_through_the_agent_is_preferred_by_predictions():

@@ -265,6 +265,16 @@ def _measure_file(ctx: FitContext, path: Path, i: int) -> Measurement:
                        str(path), round(t.worst_round_p50_ms, 4))
 
 
+def _agent_fields(ctx: FitContext, i: int) -> dict:
+    """What ``measured`` adds when an agent timed it: its URL, the bytes it measured and the device's facts."""
+    from pipeline.measure.agent import AgentDevice
+
+    if not isinstance(ctx.device, AgentDevice):
+        return {}
+    m = ctx.measured_on[i]
+    return {"agent": ctx.device.url, "model_sha256": m.model_sha256, "facts": m.facts}
+
+
 def _measured_rejection(m: Measurement, budget: Budget) -> str:
     """Why a measured architecture was not taken, with the limits it was held to."""
     lat_limit, mem_limit = measured_limits(budget)
@@ -295,7 +305,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "memory_mb": final.memory_mb, "device": ctx.measured_on[chosen].device, "threads": threads,
         "method": f"{ctx.measured_on[chosen].method}; fits judged on the slowest round's p50",
         "latency_ms_worst_round": final.latency_ms_worst_round,
-        "when": ctx.measured_on[chosen].when, "repeats": final.repeats}
+        "when": ctx.measured_on[chosen].when, "repeats": final.repeats, **_agent_fields(ctx, chosen)}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
     reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
     if chosen + 1 >= len(archs):

@@ -234,5 +234,35 @@ class AgentDevice(Device):
             facts=self.facts())
 
 
+
+
+def verify_on_agent(run_dir: str | Path, device: AgentDevice, settings: TimingSettings):
+    """Re-measure ``RUN_DIR/model.onnx`` on ``device``, record it as ``measured`` and re-judge the run.
+
+    Returns ``(record, judgement)``; fit.json is rewritten atomically with the agent's measurement
+    and the new ``verified``. The caller decides what a failed judgement means (``deploy verify``: exit 4).
+    """
+    from pipeline.record.rundir import read_record, write_record
+    from pipeline.record.schema import AgentMeasured
+    from pipeline.record.verdict import judge_record
+
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    model = run_dir / str(record.artifacts.onnx)
+    if not model.is_file():
+        raise DeployError(f"{model} is missing: verify needs the run's shipped model.")
+    m = device.measure(model, settings, precision=record.precision)
+    t = m.latency
+    record.measured = AgentMeasured(
+        latency_ms=round(t.p50_ms, 4), latency_ms_p90=round(t.p90_ms, 4), latency_ms_p99=round(t.p99_ms, 4),
+        memory_mb=None if m.memory_mb is None else round(m.memory_mb, 2), device=m.device, threads=m.threads,
+        method=m.method, latency_ms_worst_round=round(t.worst_round_p50_ms, 4), when=m.when, repeats=t.n,
+        agent=device.url, model_sha256=m.model_sha256, facts=m.facts)
+    judgement = judge_record(record)
+    record.verified = judgement.verified
+    write_record(run_dir, record)
+    return record, judgement
+
+
 __all__ = ["TOKEN_ENV", "AgentDevice", "check_device", "read_token", "runner_path", "settings_query",
-           "timing_from_result"]
+           "timing_from_result", "verify_on_agent"]
