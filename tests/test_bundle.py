@@ -126,3 +126,17 @@ def test_a_changed_model_fails_the_import(bundle, tmp_path):
 def test_import_refuses_another_target(bundle):
     result = CliRunner().invoke(cli, ["calibrate", "--target", "raspberry-pi-5", "--import", str(bundle)])
     assert result.exit_code == 2 and "for target 'raspberry-pi-4'" in result.output
+
+
+@pytest.mark.skipif(RUNNER.is_file(), reason="the device runner is present")
+def test_device_script_and_agent_serve_without_runner(tmp_path):
+    for args in (["device-script", str(tmp_path / "r.py")], ["agent", "serve", "--port", "0"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1 and "edgefit_device.py is missing" in result.output
+    assert not (tmp_path / "r.py").exists()
+
+
+@pytest.mark.skipif(not RUNNER.is_file(), reason="the device runner is not in this checkout yet")
+def test_device_script_writes_the_runner(tmp_path):
+    result = CliRunner().invoke(cli, ["device-script", str(tmp_path / "r.py")])
+    assert result.exit_code == 0 and (tmp_path / "r.py").read_bytes() == RUNNER.read_bytes()

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import DeployError, UsageError
-from pipeline.core.io import sha256_file, write_json
+from pipeline.core.io import publish_dir, sha256_file, write_json
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
 BUNDLE_FORMAT, RESULTS_FORMAT, VERSION = "edgefit-bundle", "edgefit-results", 1
@@ -49,23 +50,30 @@ def write_bundle(target, out: str | Path, precision: str | None = None, *, quick
     suite = suite or (QUICK_SUITE if quick else FULL_SUITE)
     settings = settings or suite_settings(target, quick)
     opset = suite_opset(target)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    models = []
-    for i, entry in enumerate(suite):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:  # built next to its destination and renamed into place whole: never half a bundle
+        (tmp / "models").mkdir()
+        models = []
+        for i, entry in enumerate(suite):
+            if progress:
+                progress(i, len(suite), entry.label)
+            rel = f"models/{i:02d}-{entry.family}.onnx"
+            record = export_entry(entry, tmp / rel, precision=precision, opset=opset)
+            models.append({"file": rel, "sha256": sha256_file(tmp / rel), **{k: record[k] for k in RECORD_KEYS}})
         if progress:
-            progress(i, len(suite), entry.label)
-        rel = f"models/{i:02d}-{entry.family}.onnx"
-        record = export_entry(entry, out / rel, precision=precision, opset=opset)
-        models.append({"file": rel, "sha256": sha256_file(out / rel), **{k: record[k] for k in RECORD_KEYS}})
-    if progress:
-        progress(len(suite), len(suite), "done")
-    if source is not None:
-        shutil.copyfile(source, out / "edgefit_device.py")
-    threads = threads or target.threads if target.runtime == "onnxruntime" else None
-    return write_json(out / "manifest.json", {
-        "format": BUNDLE_FORMAT, "version": VERSION, "target": target.name, "runtime": target.runtime,
-        "precision": precision, "threads": threads, "settings": settings.to_dict(),
-        "suite": "quick" if quick else "full", "models": models})
+            progress(len(suite), len(suite), "done")
+        if source is not None:
+            shutil.copyfile(source, tmp / "edgefit_device.py")
+        threads = threads or target.threads if target.runtime == "onnxruntime" else None
+        write_json(tmp / "manifest.json", {
+            "format": BUNDLE_FORMAT, "version": VERSION, "target": target.name, "runtime": target.runtime,
+            "precision": precision, "threads": threads, "settings": settings.to_dict(),
+            "suite": "quick" if quick else "full", "models": models})
+        publish_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "manifest.json"
 
 
 def _read_json(path: Path, what: str, fmt: str) -> dict:
