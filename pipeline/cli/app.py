@@ -10,9 +10,11 @@ from __future__ import annotations
 import click
 
 from pipeline import __version__
+from pipeline.cli.agent import agent
 from pipeline.cli.build import build
 from pipeline.cli.calibrate import calibrate
 from pipeline.cli.describe import describe
+from pipeline.cli.device_script import device_script
 from pipeline.cli.edge import EdgeGroup
 from pipeline.cli.fit import fit
 from pipeline.cli.predict import predict
@@ -20,7 +22,7 @@ from pipeline.cli.targets import targets
 from pipeline.cli.train import train
 from pipeline.cli.verify import verify
 
-COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build)
+COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, device_script, agent)
 
 
 @click.group(cls=EdgeGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -55,7 +55,11 @@ def fit_text(d: dict) -> str:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="State dict for the chosen architecture.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
-@click.option("--agent", default=None, help="Measurement agent URL of a remote device.")
+@click.option("--agent", default=None, help="Measurement agent URL of a remote device (http://HOST:PORT).")
+@click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN).")
+@click.option("--accept-device", is_flag=True, help="Measure on the agent even when its device does not look like "
+                                                    "the target.")
 @threads_option()
 @targets_dir_option
 @click.option("--data", default=None, help="Labelled set to train and verify on: DIR, FILE.npz or builtin:digits.")
@@ -74,9 +78,9 @@ def fit_text(d: dict) -> str:
                 help="A measured latency or memory this close under its budget counts as over it")
 @json_option("Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
-        dynamic_batch, agent, threads, targets_dir, data, train_epochs, teacher, init_from, min_accuracy,
-        calibration_data, calibration_method, calibration_samples, int8_exclude, int8_max_drop_pp, noise_margin,
-        as_json):
+        dynamic_batch, agent, agent_token_file, accept_device, threads, targets_dir, data, train_epochs, teacher,
+        init_from, min_accuracy, calibration_data, calibration_method, calibration_samples, int8_exclude,
+        int8_max_drop_pp, noise_margin, as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
     from pipeline.core.budget import Budget
     from pipeline.fit.flow import fit as run
@@ -87,6 +91,7 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
                  data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy),
                  int8=Int8Options(calibration_data, calibration_method, calibration_samples, tuple(int8_exclude),
                                   int8_max_drop_pp),
-                 run=RunOptions(out, force, weights, dynamic_batch), device=DeviceOptions(threads, agent, targets_dir),
+                 run=RunOptions(out, force, weights, dynamic_batch),
+                 device=DeviceOptions(threads, agent, targets_dir, agent_token_file, accept_device),
                  log=log, progress=progress_bar("calibrate"))
     emit(result, as_json, fit_text)

@@ -1,4 +1,4 @@
-"""``deploy verify``: torch vs ONNX Runtime accuracy of a run, and/or the device's trtexec timings."""
+"""``deploy verify``: torch vs ONNX Runtime accuracy of a run, a re-measurement on an agent, or trtexec timings."""
 
 from __future__ import annotations
 
@@ -36,6 +36,57 @@ def run_threads(run_dir: Path, targets_dir: str | None) -> int:
     return threads if threads is not None else load_target("host", targets_dir).threads
 
 
+def junit_xml(run_dir: Path, record, judgement) -> bytes:
+    """JUnit XML of a verification: one testcase per check, the measured figures as properties."""
+    import xml.etree.ElementTree as ET
+
+    from pipeline.record.verdict import comparison_verdict
+
+    m, budget = record.measured, record.budget
+    checks = [(f"latency p{budget.percentile}", judgement.latency), ("memory", judgement.memory)]
+    if record.parity:
+        checks.append(("parity", comparison_verdict(record.parity.get("failures") or [])))
+    if record.accuracy is not None or record.int8 is not None:
+        checks.append(("accuracy", judgement.accuracy))
+    suite = ET.Element("testsuite", name=f"edgefit verify {run_dir.name}", tests=str(len(checks)),
+                       failures=str(sum(v.ok is False for _, v in checks)),
+                       skipped=str(sum(v.ok is None for _, v in checks)))
+    props = ET.SubElement(suite, "properties")
+    figures = {"target": record.target, "precision": record.precision, "budget_latency_ms": budget.latency_ms,
+               "budget_memory_mb": budget.memory_mb, "percentile": budget.percentile}
+    if m is not None:
+        figures |= {"device": m.device, "latency_ms_p50": m.latency_ms, "latency_ms_p90": m.latency_ms_p90,
+                    "latency_ms_p99": m.latency_ms_p99, "memory_mb": m.memory_mb, "when": m.when}
+    for k, v in figures.items():
+        ET.SubElement(props, "property", name=k, value="" if v is None else str(v))
+    for name, verdict in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"edgefit.{record.target}", name=name)
+        if verdict.ok is False:
+            ET.SubElement(case, "failure", message=verdict.failure or "failed").text = verdict.failure
+        elif verdict.ok is None:
+            ET.SubElement(case, "skipped", message="not checked (no budget or nothing measured)")
+    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+
+
+def _verify_agent(run_dir: Path, agent: str, token_file, accept: bool, threads, targets_dir, junit) -> dict:
+    """Re-measure the run's model on the agent, record it, write JUnit; exit 4 (after writing) when it misses."""
+    from pipeline.core.io import atomic_write
+    from pipeline.measure.agent import AgentDevice, check_device, read_token, verify_on_agent
+    from pipeline.measure.settings import timing
+    from pipeline.predict.targets import load_target
+    from pipeline.record.rundir import read_record
+
+    target = load_target(read_record(run_dir).target, targets_dir)
+    device = AgentDevice(agent, target, token=read_token(token_file), threads=threads)
+    for warning in check_device(device.facts(), target, accept=accept):
+        log(f"warning: {warning}")
+    record, judgement = verify_on_agent(run_dir, device, timing("fit"))
+    if junit is not None:
+        atomic_write(junit, junit_xml(run_dir, record, judgement))
+    return {"measured": record.measured.model_dump(mode="json"), "verified": record.verified.model_dump(mode="json"),
+            "failures": judgement.failures, "judgement": judgement}
+
+
 @click.command()
 @click.argument("run_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--data", default=None, help="The labelled dataset the checkpoint was trained on.")
@@ -44,19 +95,36 @@ def run_threads(run_dir: Path, targets_dir: str | None) -> int:
 @click.option("--trtexec-log", type=click.Path(exists=True, dir_okay=False), default=None,
               help="trtexec's log (names the device and TensorRT version).")
 @click.option("--device", "device_name", default=None, help="Name of the device the timings came from.")
+@click.option("--agent", default=None, help="Re-measure the run's model on the device behind this agent "
+                                            "(http://HOST:PORT) and record it; exit 4 when the budget is missed.")
+@click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN).")
+@click.option("--accept-device", is_flag=True, help="Use the agent even when its device does not look like the target.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --agent: write the checks as JUnit XML here (for CI).")
 @percentage_points_option("--max-drop-pp", default=0.1, help="Largest allowed top-1 drop of ONNX below torch")
 @fraction_option("--min-agreement", default=0.995, help="Smallest allowed top-1 agreement between torch and ONNX")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime threads (default: the run's target's, from fit.json; else the host's).")
 @targets_dir_option
 @json_option("Print the report as JSON (also saved as verify.json).")
-def verify(run_dir, data, trtexec_times, trtexec_log, device_name, max_drop_pp, min_agreement, threads, targets_dir,
-           as_json):
-    """Check accuracy (--data) and/or record device-measured latency (--trtexec-times); exit 4 on failure."""
+def verify(run_dir, data, trtexec_times, trtexec_log, device_name, agent, agent_token_file, accept_device, junit,
+           max_drop_pp, min_agreement, threads, targets_dir, as_json):
+    """Check accuracy (--data), re-measure on an agent (--agent) or record trtexec timings; exit 4 on failure."""
     from pipeline.train.verify import verify_accuracy
 
+    if agent is not None:
+        if data is not None or trtexec_times is not None:
+            raise click.UsageError("--agent re-measures the run on its own; give --data/--trtexec-times separately.")
+        result = _verify_agent(run_dir, agent, agent_token_file, accept_device, threads, targets_dir, junit)
+        judgement = result.pop("judgement")
+        emit(result, as_json, key_values)
+        judgement.raise_if_failed(see=run_dir / "fit.json")
+        return
+    if junit is not None:
+        raise click.UsageError("--junit goes with --agent.")
     if data is None and trtexec_times is None:
-        raise click.UsageError("give --data (accuracy) and/or --trtexec-times (device latency).")
+        raise click.UsageError("give --data (accuracy), --agent URL (device latency) and/or --trtexec-times.")
     if trtexec_times is not None:
         from pipeline.engine.trtexec import record_trtexec_times
 

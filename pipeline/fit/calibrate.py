@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import BackendUnavailable
-from pipeline.core.paths import edgefit_home
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.settings import TimingSettings, timing
@@ -62,76 +61,117 @@ FULL_TIMING: TimingSettings = timing("calibrate")  # rows of the one settings ta
 QUICK_TIMING: TimingSettings = timing("calibrate-quick")
 
 
-def measure_entry(entry: SuiteEntry, device: Device, settings: TimingSettings, workdir: Path,
-                  num_classes: int = 1000, precision: str = "fp32") -> dict:
-    """Export one suite model (int8: quantized), measure it on ``device``: one profile record."""
+def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precision: str = "fp32",
+                 opset: int | None = None) -> dict:
+    """Export one suite model to ``path`` (int8: quantized); its scale and static cost (a record without timings)."""
     from pipeline.cost.trace import model_cost
     from pipeline.export.onnx import export_onnx
 
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
-    path = workdir / "model.onnx"
-    export_onnx(model, path)
+    export_onnx(model, path, opset=opset)
     if precision == "int8":
         from pipeline.fit.steps import quantize_candidate
 
         quantize_candidate(path, path, "percentile")
+    cost = model_cost(model)
+    return {"kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
+            "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
+            "resolution": scale.resolution, "num_classes": num_classes, "params": cost.params, "macs": cost.macs}
+
+
+def timed_record(record: dict, latency_ms: dict, peak_memory_mb: float | None, repeats: int) -> dict:
+    """A profile record: the suite model's ``record`` with what the device measured (``latency_ms``: p50/p90/p99)."""
+    p50, p90 = float(latency_ms["p50"]), float(latency_ms["p90"])
+    return {**record, "latency_ms": {k: round(float(latency_ms[k]), 4) for k in ("p50", "p90", "p99")},
+            "peak_memory_mb": None if peak_memory_mb is None else round(float(peak_memory_mb), 2),
+            "repeats": int(repeats), "spread": round(p90 / p50 - 1.0 if p50 > 0 else 0.0, 4)}
+
+
+def measure_entry(entry: SuiteEntry, device: Device, settings: TimingSettings, workdir: Path,
+                  num_classes: int = 1000, precision: str = "fp32", opset: int | None = None) -> dict:
+    """Export one suite model (int8: quantized), measure it on ``device``: one profile record."""
+    path = workdir / "model.onnx"
+    record = export_entry(entry, path, num_classes, precision, opset)
     m = device.measure(path, settings, precision=precision)
     t = m.latency
-    cost = model_cost(model)
-    return {
-        "kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
-        "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
-        "resolution": scale.resolution, "num_classes": num_classes,
-        "latency_ms": {"p50": round(t.p50_ms, 4), "p90": round(t.p90_ms, 4), "p99": round(t.p99_ms, 4)},
-        "peak_memory_mb": None if m.memory_mb is None else round(m.memory_mb, 2), "repeats": t.n,
-        "spread": round(t.spread, 4), "params": cost.params, "macs": cost.macs,
-    }
+    record = timed_record(record, {"p50": t.p50_ms, "p90": t.p90_ms, "p99": t.p99_ms}, m.memory_mb, t.n)
+    record["_runtime"] = m.runtime
+    return record
+
+
+def suite_opset(target) -> int:
+    """The opset suite models are exported at: fit's, capped by what the target's runtime can parse."""
+    from pipeline.export.onnx import DEFAULT_OPSET
+
+    return min(DEFAULT_OPSET, target.max_onnx_opset)
+
+
+def suite_settings(target, quick: bool) -> TimingSettings:
+    """The timing row a suite is measured with: trtexec's on a TensorRT target, else calibrate's (quick or full)."""
+    if target.runtime == "tensorrt":
+        return timing("trtexec")
+    return QUICK_TIMING if quick else FULL_TIMING
 
 
 def calibrate(target, precision: str | None = None, threads: int | None = None, quick: bool = False,
               out: Path | None = None, progress: Callable[[int, int, str], None] | None = None,
-              suite: tuple[SuiteEntry, ...] | None = None, settings: TimingSettings | None = None) -> Profile:
-    """Measure the suite on this machine for ``target`` and save the profile (atomically).
+              suite: tuple[SuiteEntry, ...] | None = None, settings: TimingSettings | None = None,
+              device: Device | None = None) -> Profile:
+    """Measure the suite for ``target`` on ``device`` (default: this machine) and save the profile (atomically).
 
     The profile goes to ``out``, or to the host profile location (host), or to
-    ``edgefit_home()/profiles/<target>/`` when run on a real device.
+    ``edgefit_home()/profiles/<target>/<runtime>-<precision>.json`` (a real device, e.g. through an
+    agent), where ``load_predictor`` prefers it over the shipped profile.
     """
-    from pipeline.predict.targets import host_profile_path
+    from pipeline.predict.targets import device_profile_path, host_profile_path
 
     precision = target.check_precision(precision)
-    if target.runtime != "onnxruntime":
-        raise BackendUnavailable(f"calibrating '{target.name}' needs its {target.runtime} runtime, which edgefit "
-                                 "cannot drive yet; use its published profile or calibrate an onnxruntime target.")
-    if precision == "fp16":
-        raise BackendUnavailable(f"ONNX Runtime on CPU has no fast fp16 path; calibrate fp32 or int8 on {target.name}.")
-    threads = threads or target.threads or 1
+    if device is None:
+        if target.runtime != "onnxruntime":
+            raise BackendUnavailable(f"calibrating '{target.name}' needs its {target.runtime} runtime: run a "
+                                     "measurement agent on the device and pass --agent URL, or use --bundle DIR.")
+        if precision == "fp16":
+            raise BackendUnavailable(f"ONNX Runtime on CPU has no fast fp16 path; calibrate fp32 or int8 on "
+                                     f"{target.name}.")
+    threads = threads or target.threads or (1 if target.runtime == "onnxruntime" else None)
     suite = suite or (QUICK_SUITE if quick else FULL_SUITE)
-    settings = settings or (QUICK_TIMING if quick else FULL_TIMING)
-    device = LocalDevice(target, threads)
+    settings = settings or suite_settings(target, quick)
+    device = device or LocalDevice(target, threads)
+    opset = suite_opset(target)
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
         for i, entry in enumerate(suite):
             if progress:
                 progress(i, len(suite), entry.label)
-            records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision))
+            records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision, opset=opset))
     if progress:
         progress(len(suite), len(suite), "done")
+    runtime = {"version": None, **{k: v for k, v in records[-1]["_runtime"].items()
+                                   if k in ("name", "version", "provider")}}
+    for r in records:
+        r.pop("_runtime", None)
+    facts = device.facts()
     profile = Profile(
         target=target.name,
-        runtime={k: v for k, v in device.runtime_info().items() if k != "label"},
+        runtime=runtime,
         precision=precision,
         provenance="measured",
-        device=device.facts(),
+        device={**facts, "threads": facts.get("threads", threads)},
         created=now_iso(),
         method={**settings.to_dict(), "suite": "quick" if quick else "full", "statistic": "p50 of per-call latency",
-                "batch": 1, "memory": "child-process VmHWM above post-import baseline",
+                "batch": 1, "memory": records_memory_method(device),
                 "seconds": round(time.time() - started, 1)},
         records=tuple(records),
         schema_version=SCHEMA_VERSION,
     )
     if out is None:
         out = (host_profile_path(precision, threads, target.runtime) if target.measurable else
-               edgefit_home() / "profiles" / target.name / f"{target.runtime}-{precision}-t{threads}.json")
+               device_profile_path(target.name, target.runtime, precision))
     save_profile(profile, out)
     return Profile.from_dict(profile.to_dict(), out)
+
+
+def records_memory_method(device: Device) -> str:
+    return ("child-process VmHWM above post-import baseline" if isinstance(device, LocalDevice) else
+            "as reported by the device's runner (memory_method of its results)")

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.core.errors import BackendUnavailable, DeployError, ProfileMissing, UsageError, VerificationFailed
+from pipeline.core.errors import DeployError, ProfileMissing, UsageError, VerificationFailed
 from pipeline.core.io import publish_dir
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
@@ -115,10 +115,20 @@ def check_budget(budget: Budget) -> Budget:
     return budget
 
 
-def _device(target, threads: int, options: DeviceOptions) -> Device | None:
-    """Where candidates are measured: this machine when it is the target, else nowhere (predicted only)."""
+def _device(target, threads: int, options: DeviceOptions, log: Callable[[str], None] = lambda _: None
+            ) -> Device | None:
+    """Where candidates are measured: the agent (--agent), else this machine when it is the target, else nowhere.
+
+    An agent is asked what it is first, and refused when that contradicts the target (unless
+    --accept-device): timings from the wrong device would mislabel every decision made from them.
+    """
     if options.agent is not None:
-        raise BackendUnavailable("the measurement agent (--agent) is not available yet; fit on 'host' or predict.")
+        from pipeline.measure.agent import AgentDevice, check_device, read_token
+
+        device = AgentDevice(options.agent, target, token=read_token(options.agent_token_file), threads=threads)
+        for warning in check_device(device.facts(), target, accept=options.accept_device):
+            log(f"warning: {warning}")
+        return device
     return LocalDevice(target, threads) if target.measurable else None
 
 
@@ -138,7 +148,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
     threads = device.threads or tgt.threads
     ctx = FitContext(tgt, tgt.check_precision(precision), budget, search_options, data, int8, run, threads,
                      run.num_classes or num_classes_of(data.data), log=log)
-    ctx.device = _device(tgt, threads, device)
+    ctx.device = _device(tgt, threads, device, log)
     run_dir = _run_dir(run.out, tgt.name, run.force)
     _search(ctx, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
@@ -258,6 +268,16 @@ def _measure_file(ctx: FitContext, path: Path, i: int) -> Measurement:
                        str(path), round(t.worst_round_p50_ms, 4))
 
 
+def _agent_fields(ctx: FitContext, i: int) -> dict:
+    """What ``measured`` adds when an agent timed it: its URL, the bytes it measured and the device's facts."""
+    from pipeline.measure.agent import AgentDevice
+
+    if not isinstance(ctx.device, AgentDevice):
+        return {}
+    m = ctx.measured_on[i]
+    return {"agent": ctx.device.url, "model_sha256": m.model_sha256, "facts": m.facts}
+
+
 def _measured_rejection(m: Measurement, budget: Budget) -> str:
     """Why a measured architecture was not taken, with the limits it was held to."""
     lat_limit, mem_limit = measured_limits(budget)
@@ -288,7 +308,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "memory_mb": final.memory_mb, "device": ctx.measured_on[chosen].device, "threads": threads,
         "method": f"{ctx.measured_on[chosen].method}; fits judged on the slowest round's p50",
         "latency_ms_worst_round": final.latency_ms_worst_round,
-        "when": ctx.measured_on[chosen].when, "repeats": final.repeats}
+        "when": ctx.measured_on[chosen].when, "repeats": final.repeats, **_agent_fields(ctx, chosen)}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
     reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
     if chosen + 1 >= len(archs):

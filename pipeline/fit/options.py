@@ -98,6 +98,8 @@ class DeviceOptions:
     threads: int | None = None
     agent: str | None = None
     targets_dir: str | Path | None = None
+    agent_token_file: str | Path | None = None  # else $EDGEFIT_AGENT_TOKEN
+    accept_device: bool = False  # measure on an agent whose facts contradict the target
 
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_PHI_RANGE", "PERCENTILES", "DataOptions", "DeviceOptions",

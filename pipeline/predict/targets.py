@@ -71,12 +71,16 @@ class Target:
     def profile_path(self, precision: str | None = None) -> Path:
         """Where the profile for ``precision`` is (or would be written).
 
-        ``[profile].path`` wins for the default precision. Measurable targets (host) keep
+        A profile measured on the device by ``deploy calibrate`` (:func:`device_profile_path`) wins
+        over everything shipped. Then ``[profile].path`` wins for the default precision. Measurable targets (host) keep
         theirs under edgefit_home, per machine and thread count. Otherwise the conventional
         ``calibration/<name>/<runtime>-<precision>.json``. Relative paths are looked up next
         to the target's own ``targets/`` folder first, then in the project.
         """
         precision = self.check_precision(precision)
+        measured = device_profile_path(self.name, self.runtime, precision)
+        if not self.measurable and measured.is_file():  # calibrated on the device: it beats any shipped profile
+            return measured
         if precision == self.default_precision and "path" in self.profile:
             rel = Path(self.profile["path"]).expanduser()
             if rel.is_absolute():
@@ -253,6 +257,13 @@ def host_machine_key() -> str:
     return f"{slug}-{info['cores']}c-{digest}"
 
 
+def device_profile_path(target: str, runtime: str, precision: str) -> Path:
+    """``edgefit_home()/profiles/<target>/<runtime>-<precision>.json``: where a device-measured profile lands."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not '{precision}'.")
+    return edgefit_home() / "profiles" / target / f"{runtime}-{precision}.json"
+
+
 def host_profile_path(precision: str, threads: int, runtime: str = "onnxruntime") -> Path:
     """``edgefit_home()/profiles/host/<machine-key>/<runtime>-<precision>-t<threads>.json``."""
     if precision not in PRECISIONS:
@@ -262,6 +273,7 @@ def host_profile_path(precision: str, threads: int, runtime: str = "onnxruntime"
     return edgefit_home() / "profiles" / "host" / host_machine_key() / f"{runtime}-{precision}-t{threads}.json"
 
 
-__all__ = ["KINDS", "NAME_RE", "RUNTIMES", "STATUSES", "Target", "describe_targets", "host_machine", "host_machine_key",
+__all__ = ["KINDS", "NAME_RE", "RUNTIMES", "STATUSES", "Target", "describe_targets", "device_profile_path",
+           "host_machine", "host_machine_key",
            "host_profile_path", "known_target_names", "list_targets", "load_target", "parse_target_file",
            "search_dirs", "target_files", "total_memory_mb"]

@@ -130,16 +130,35 @@ class TrtexecMeasured(_Strict):
     recorded: str
 
 
+class AgentMeasured(_Strict):
+    """The shipped model timed on a remote device by its measurement agent (``fit``/``verify --agent``)."""
+
+    latency_ms: float
+    latency_ms_p90: float
+    latency_ms_p99: float
+    memory_mb: float | None
+    device: str
+    threads: int | None  # None: a runtime without a CPU thread count (TensorRT)
+    method: str
+    latency_ms_worst_round: float | None
+    when: str
+    repeats: int
+    agent: str  # the agent's URL
+    model_sha256: str  # the bytes the agent measured
+    facts: dict[str, Any]  # what the agent said the device is (GET /v1/info)
+
+
 def _measured_kind(value: Any) -> str:
-    """Which measurement a ``measured`` object is: trtexec's carry a ``source``."""
+    """Which measurement a ``measured`` object is: trtexec's carry a ``source``, an agent's its ``agent``."""
     if isinstance(value, dict):
-        return "trtexec" if "source" in value else "host"
-    return "trtexec" if isinstance(value, TrtexecMeasured) else "host"
+        return "trtexec" if "source" in value else "agent" if "agent" in value else "host"
+    return ("trtexec" if isinstance(value, TrtexecMeasured) else "agent" if isinstance(value, AgentMeasured)
+            else "host")
 
 
-Measured = Annotated[Annotated[HostMeasured, Tag("host")] | Annotated[TrtexecMeasured, Tag("trtexec")],
-                     Discriminator(_measured_kind)]
-MEASURED_TAGS = ("host", "trtexec")
+Measured = Annotated[Annotated[HostMeasured, Tag("host")] | Annotated[TrtexecMeasured, Tag("trtexec")]
+                     | Annotated[AgentMeasured, Tag("agent")], Discriminator(_measured_kind)]
+MEASURED_TAGS = ("host", "trtexec", "agent")
 
 
 class Verified(_Strict):
@@ -337,6 +356,6 @@ if __name__ == "__main__":
     print(write_schema())
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "Accuracy", "Artifacts", "BudgetRecord", "FrontierRow", "HostMeasured",
-           "MeasurementRow", "PrecisionRow", "Predicted", "RunRecord", "Search", "TrtexecMeasured", "Verified",
-           "json_schema", "schema_text", "write_schema"]
+__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "Accuracy", "AgentMeasured", "Artifacts", "BudgetRecord", "FrontierRow",
+           "HostMeasured", "MeasurementRow", "PrecisionRow", "Predicted", "RunRecord", "Search", "TrtexecMeasured",
+           "Verified", "json_schema", "schema_text", "write_schema"]
