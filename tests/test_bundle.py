@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.core.errors import DeployError
 from pipeline.fit.bundle import write_bundle
-from pipeline.measure.agent import runner_path
+from pipeline.measure.runner import runner_path
 from pipeline.predict.targets import device_profile_path, load_target
 from tests.conftest import tiny_suite
 

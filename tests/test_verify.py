@@ -130,3 +130,17 @@ def test_wrong_dataset_and_mismatched_onnx(tmp_path, trained, digits_small):
     export_onnx(ck.model(), run / "model.onnx", resolution=24)
     with pytest.raises(ModelInvalid, match="expects input"):
         verify_accuracy(run, digits_small)
+
+
+def test_verify_with_data_still_exits_4_when_the_device_timings_miss_the_budget(verified, digits_small, tmp_path):
+    from test_trtexec import trace, write_trtexec_json
+    from tinymodels import fit_record
+
+    run = copy_run(verified, tmp_path / "run")
+    (run / "fit.json").write_text(json.dumps(fit_record("jetson-nano", "efficientnet", "fp16", latency_ms=0.001)))
+    times = write_trtexec_json(run / "trtexec_times.json", trace(30, start_ms=600))
+    (run / "trtexec.log").write_text("&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # trtexec --onnx=model.onnx\n")
+    r = CliRunner().invoke(cli, ["verify", str(run), "--data", str(digits_small), "--trtexec-times", str(times),
+                                 "--device", "bench nano"], catch_exceptions=False)
+    assert r.exit_code == EXIT_VERIFICATION, r.output  # accuracy passes; the latency does not
+    assert "over the budget" in r.stderr and json.loads((run / "fit.json").read_text())["verified"]["latency"] is False

@@ -22,7 +22,7 @@ def agent() -> None:
 def serve(host: str, port: int, token_file: str | None) -> None:
     """Serve measurements on this machine over HTTP (runs edgefit_device.py serve)."""
     from pipeline.core.errors import DeployError
-    from pipeline.measure.agent import runner_path
+    from pipeline.measure.runner import runner_path
 
     cmd = [sys.executable, str(runner_path()), "serve", "--host", host, "--port", str(port)]
     if token_file is not None:

@@ -14,7 +14,7 @@ from pipeline.cli.output import log
 def device_script(out: Path) -> None:
     """Write the device runner (edgefit_device.py: info, measure, run, serve) to OUT.py."""
     from pipeline.core.io import atomic_write
-    from pipeline.measure.agent import runner_path
+    from pipeline.measure.runner import runner_path
 
     atomic_write(out, runner_path().read_bytes())
     out.chmod(0o755)

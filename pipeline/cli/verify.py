@@ -95,6 +95,8 @@ def _verify_agent(run_dir: Path, agent: str, token_file, accept: bool, threads, 
 @click.option("--trtexec-log", type=click.Path(exists=True, dir_okay=False), default=None,
               help="trtexec's log (names the device and TensorRT version).")
 @click.option("--device", "device_name", default=None, help="Name of the device the timings came from.")
+@click.option("--model-sha256", default=None,
+              help="sha256 of the ONNX the trtexec timings are of (when its log is not at hand).")
 @click.option("--agent", default=None, help="Re-measure the run's model on the device behind this agent "
                                             "(http://HOST:PORT) and record it; exit 4 when the budget is missed.")
 @click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -108,8 +110,8 @@ def _verify_agent(run_dir: Path, agent: str, token_file, accept: bool, threads, 
               help="ONNX Runtime threads (default: the run's target's, from fit.json; else the host's).")
 @targets_dir_option
 @json_option("Print the report as JSON (also saved as verify.json).")
-def verify(run_dir, data, trtexec_times, trtexec_log, device_name, agent, agent_token_file, accept_device, junit,
-           max_drop_pp, min_agreement, threads, targets_dir, as_json):
+def verify(run_dir, data, trtexec_times, trtexec_log, device_name, model_sha256, agent, agent_token_file,
+           accept_device, junit, max_drop_pp, min_agreement, threads, targets_dir, as_json):
     """Check accuracy (--data), re-measure on an agent (--agent) or record trtexec timings; exit 4 on failure."""
     from pipeline.train.verify import verify_accuracy
 
@@ -125,16 +127,25 @@ def verify(run_dir, data, trtexec_times, trtexec_log, device_name, agent, agent_
         raise click.UsageError("--junit goes with --agent.")
     if data is None and trtexec_times is None:
         raise click.UsageError("give --data (accuracy), --agent URL (device latency) and/or --trtexec-times.")
+    latency = None
     if trtexec_times is not None:
         from pipeline.engine.trtexec import record_trtexec_times
 
         measured = record_trtexec_times(run_dir, trtexec_times, device_name, log_file=trtexec_log,
-                                        raise_on_failure=data is None)
+                                        model_sha256=model_sha256)
+        latency = measured["verified_latency"]
         if data is None:
             emit(measured, as_json, key_values)
-            return
-        log(f"recorded measured latency from {trtexec_times}")
-    threads = threads or run_threads(run_dir, targets_dir)
-    report = verify_accuracy(run_dir, data, max_drop_pp=max_drop_pp, min_agreement=min_agreement, threads=threads)
-    emit(report.to_dict(), as_json, verify_text)
-    report.raise_for_failure()
+        else:
+            log(f"recorded measured latency from {trtexec_times}: verified {latency}")
+    if data is not None:
+        threads = threads or run_threads(run_dir, targets_dir)
+        report = verify_accuracy(run_dir, data, max_drop_pp=max_drop_pp, min_agreement=min_agreement, threads=threads)
+        emit(report.to_dict(), as_json, verify_text)
+        report.raise_for_failure()
+    if latency is False:  # exit 4 whenever a measured figure misses the budget, with or without --data
+        from pipeline.record.rundir import read_record
+        from pipeline.record.verdict import latency_verdict, raise_if_failed
+
+        record = read_record(run_dir)
+        raise_if_failed(latency_verdict(record.measured, record.budget), see=run_dir / "fit.json")

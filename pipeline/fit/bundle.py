@@ -40,7 +40,7 @@ def write_bundle(target, out: str | Path, precision: str | None = None, *, quick
                  progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Write the calibration suite for ``target`` into the new or empty folder ``out``; returns the manifest."""
     from pipeline.fit.calibrate import FULL_SUITE, QUICK_SUITE, export_entry, suite_opset, suite_settings
-    from pipeline.measure.agent import runner_path
+    from pipeline.measure.runner import runner_path
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -35,15 +35,6 @@ ARM_MACHINES = ("aarch64", "arm64", "armv7l")
 TOKEN_HINT = f"pass it with --agent-token-file FILE or the {TOKEN_ENV} environment variable"
 
 
-def runner_path() -> Path:
-    """The device runner's source (``pipeline/measure/edgefit_device.py``): the one copy devices run."""
-    path = Path(__file__).with_name("edgefit_device.py")
-    if not path.is_file():
-        raise DeployError(f"the device runner {path} is missing from this edgefit installation; reinstall edgefit "
-                          "(it ships pipeline/measure/edgefit_device.py).")
-    return path
-
-
 def read_token(token_file: str | Path | None = None) -> str | None:
     """The agent token: the first line of ``token_file``, else ``$EDGEFIT_AGENT_TOKEN``, else None."""
     if token_file is not None:
@@ -264,5 +255,5 @@ def verify_on_agent(run_dir: str | Path, device: AgentDevice, settings: TimingSe
     return record, judgement
 
 
-__all__ = ["TOKEN_ENV", "AgentDevice", "check_device", "read_token", "runner_path", "settings_query",
+__all__ = ["TOKEN_ENV", "AgentDevice", "check_device", "read_token", "settings_query",
            "timing_from_result", "verify_on_agent"]
