@@ -18,7 +18,7 @@ install:
 
 # ruff first: a lint failure stops `make test` before the (long) suite runs.
 test: lint
-	$(BIN)/python -m pytest -m "not gpu and not hil" -q
+	$(BIN)/python -m pytest -m "not gpu" --agent-local -q
 
 lint:
 	$(BIN)/ruff check pipeline tests bench
