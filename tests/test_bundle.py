@@ -13,9 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.core.errors import DeployError
 from pipeline.fit.bundle import write_bundle
-from pipeline.measure.runner import runner_path
 from pipeline.predict.targets import device_profile_path, load_target
 from tests.conftest import tiny_suite
 
@@ -29,7 +27,7 @@ X86 = {"runner_version": "1", "hostname": "ci", "system": "Linux", "machine": "x
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("b") / "bundle"
-    write_bundle(load_target("raspberry-pi-4"), folder, "fp32", quick=True, suite=SUITE, runner=RUNNER.is_file())
+    write_bundle(load_target("raspberry-pi-4"), folder, "fp32", quick=True, suite=SUITE, runner=True)
     return folder
 
 
@@ -67,16 +65,7 @@ def test_bundle_layout(bundle):
     for m in manifest["models"]:
         assert (bundle / m["file"]).is_file() and m["resolution"] > 0 and m["macs"] > 0
         assert onnx.load(str(bundle / m["file"])).opset_import[0].version == 18  # raspberry-pi-4's max_onnx_opset
-    assert (bundle / "edgefit_device.py").is_file() == RUNNER.is_file()
-
-
-@pytest.mark.skipif(RUNNER.is_file(), reason="the device runner is present")
-def test_bundle_without_runner_is_a_clear_error(tmp_path):
-    with pytest.raises(DeployError, match="edgefit_device.py is missing"):
-        runner_path()
-    with pytest.raises(DeployError, match="edgefit_device.py is missing"):
-        write_bundle(load_target("raspberry-pi-4"), tmp_path / "b", suite=SUITE)
-    assert not (tmp_path / "b").exists()
+    assert (bundle / "edgefit_device.py").read_bytes() == RUNNER.read_bytes()  # the one copy
 
 
 def test_import_writes_a_measured_profile_and_warns(bundle):
@@ -128,15 +117,39 @@ def test_import_refuses_another_target(bundle):
     assert result.exit_code == 2 and "for target 'raspberry-pi-4'" in result.output
 
 
-@pytest.mark.skipif(RUNNER.is_file(), reason="the device runner is present")
-def test_device_script_and_agent_serve_without_runner(tmp_path):
-    for args in (["device-script", str(tmp_path / "r.py")], ["agent", "serve", "--port", "0"]):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 1 and "edgefit_device.py is missing" in result.output
-    assert not (tmp_path / "r.py").exists()
-
-
-@pytest.mark.skipif(not RUNNER.is_file(), reason="the device runner is not in this checkout yet")
 def test_device_script_writes_the_runner(tmp_path):
     result = CliRunner().invoke(cli, ["device-script", str(tmp_path / "r.py")])
     assert result.exit_code == 0 and (tmp_path / "r.py").read_bytes() == RUNNER.read_bytes()
+
+
+def test_the_bundle_runs_on_the_device_and_imports_as_measured(tmp_path):
+    """The whole offline route with the real runner: bundle -> `python3 b/edgefit_device.py run b/` -> import."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    b = tmp_path / "b"
+    write_bundle(load_target("raspberry-pi-4"), b, "fp32", quick=True, suite=SUITE[:2], runner=True)
+    done = subprocess.run([sys.executable, str(b / "edgefit_device.py"), "run", str(b)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((b / "results.json").read_text())
+    assert all(r["ok"] for r in results["results"]), results
+    r = CliRunner().invoke(cli, ["calibrate", "--target", "raspberry-pi-4", "--import", str(b), "--out",
+                                 str(tmp_path / "p.json")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    profile = json.loads((tmp_path / "p.json").read_text())
+    assert profile["provenance"] == "measured" and len(profile["records"]) == 2
+    assert profile["device"]["machine"] == results["facts"]["machine"]  # what the machine really is
+    assert "raspberry" in r.stderr.lower() or "does not look like" in r.stderr.lower()  # and that it is no Pi
+    model = next((b / "models").glob("*.onnx"))
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    r = CliRunner().invoke(cli, ["calibrate", "--target", "raspberry-pi-4", "--import", str(b), "--out",
+                                 str(tmp_path / "p2.json")], catch_exceptions=False)
+    assert r.exit_code == 1 and model.name in r.stderr
+

@@ -275,3 +275,23 @@ def test_a_hanging_trtexec_is_killed_at_the_timeout(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ok"] is False and "timeout" in result["error"]
+
+
+@pytest.mark.gpu
+def test_real_trtexec_builds_and_times_the_engine_on_this_gpu(tmp_path):
+    """The real TensorRT path, where a GPU and trtexec are present (skipped elsewhere)."""
+    import shutil as _shutil
+
+    trtexec = os.environ.get("TRTEXEC") or next((p for p in ("/usr/src/tensorrt/bin/trtexec", _shutil.which("trtexec"))
+                                                 if p and Path(p).is_file()), None)
+    if trtexec is None:
+        pytest.skip("no trtexec on this machine")
+    model = tiny_onnx(tmp_path / "m.onnx")
+    proc = subprocess.run([sys.executable, str(RUNNER), "measure", str(model), "--runtime", "tensorrt",
+                           "--precision", "fp16", "--min-repeats", "50", "--min-time-s", "1", "--warmup-ms", "200",
+                           "--avg-runs", "10"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TRTEXEC": trtexec})
+    result = json.loads(proc.stdout)
+    assert result["ok"], result
+    assert result["runtime"]["name"] == "tensorrt" and result["runtime"]["version"]
+    assert result["latency_ms"]["n"] >= 50 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
