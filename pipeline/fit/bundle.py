@@ -145,7 +145,8 @@ def import_bundle(target, folder: str | Path, out: str | Path | None = None) -> 
         records=tuple(records), schema_version=SCHEMA_VERSION)
     out = Path(out) if out is not None else device_profile_path(target.name, manifest["runtime"], profile.precision)
     save_profile(profile, out)
-    warnings = tuple(check_device(facts, target, accept=True))
+    warnings = tuple(check_device(facts, target, accept=True,
+                                  accepted_as="the profile records what the device really is"))
     return Imported(Profile.from_dict(profile.to_dict(), out), tuple(failed), warnings)
 
 

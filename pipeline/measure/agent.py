@@ -68,7 +68,8 @@ def settings_query(settings: TimingSettings) -> dict:
     return {k: (f"{v:g}" if isinstance(v, float) else str(v)) for k, v in settings.to_dict().items()}
 
 
-def check_device(facts: dict, target, accept: bool = False) -> list[str]:
+def check_device(facts: dict, target, accept: bool = False,
+                 accepted_as: str = "accepted with --accept-device") -> list[str]:
     """Warnings about an agent's facts for ``target``; a contradiction is a DeployError unless ``accept``.
 
     Contradictions: a TensorRT target on a device without TensorRT; a Jetson target on something
@@ -94,7 +95,7 @@ def check_device(facts: dict, target, accept: bool = False) -> list[str]:
     if problems and not accept:
         raise DeployError("; ".join(problems) + ". Measure on the right device, or pass --accept-device to use it "
                                                 "anyway (its timings will be labelled with what it really is).")
-    return [*(f"{p} (accepted with --accept-device)" for p in problems), *warnings]
+    return [*(f"{p} ({accepted_as})" for p in problems), *warnings]
 
 
 class AgentDevice(Device):
