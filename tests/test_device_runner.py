@@ -295,3 +295,18 @@ def test_real_trtexec_builds_and_times_the_engine_on_this_gpu(tmp_path):
     assert result["ok"], result
     assert result["runtime"]["name"] == "tensorrt" and result["runtime"]["version"]
     assert result["latency_ms"]["n"] >= 50 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_runner_times_with_the_host_harness_session_settings(threads):
+    """The runner cannot import edgefit, so it repeats the session settings: they must stay equal."""
+    import onnxruntime as ort
+
+    from pipeline.runtimes.onnxruntime import session_options
+
+    ours, runner = session_options(threads), dev.session_options(ort, threads)
+    for attr in ("intra_op_num_threads", "inter_op_num_threads", "execution_mode", "graph_optimization_level",
+                 "log_severity_level"):
+        assert getattr(runner, attr) == getattr(ours, attr), attr
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning", "session.force_spinning_stop"):
+        assert runner.get_session_config_entry(key) == ours.get_session_config_entry(key), key

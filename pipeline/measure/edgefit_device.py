@@ -417,6 +417,23 @@ def _random_feeds(sess) -> dict:
     return feeds
 
 
+def session_options(ort, threads):
+    """ONNX Runtime settings for timing: the same as edgefit's host harness (pipeline/runtimes/onnxruntime.py).
+
+    This file cannot import edgefit, so the settings are written out here; a test keeps the two equal.
+    """
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.add_session_config_entry("session.force_spinning_stop", "1")
+    so.log_severity_level = 3
+    return so
+
+
 def child_measure(model: str, threads: int, settings: dict) -> dict:
     """The ONNX Runtime measurement, in the child: session as pipeline/runtimes/onnxruntime.py configures it."""
     if os.environ.get("EDGEFIT_DEVICE_TESTING") == "1" and os.environ.get("EDGEFIT_DEVICE_TEST_HANG") == "1":
@@ -433,16 +450,7 @@ def child_measure(model: str, threads: int, settings: dict) -> dict:
         baseline = _status_kib("VmRSS") or 0
         method = "ru_maxrss minus baseline RSS in a child process (upper bound: includes import-time peaks)"
         read_peak = _maxrss_kib
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.add_session_config_entry("session.force_spinning_stop", "1")
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, sess_options=session_options(ort, threads), providers=["CPUExecutionProvider"])
     feeds = _random_feeds(sess)
     for _ in range(settings["warmup"]):
         sess.run(None, feeds)
