@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import json_option, precision_option, targets_dir_option, threads_option
+from pipeline.cli.options import agent_options, json_option, precision_option, targets_dir_option, threads_option
 from pipeline.cli.output import emit, key_values, log, progress_bar
 
 
@@ -28,10 +28,7 @@ def _summary(profile) -> dict:
 @click.option("--quick", is_flag=True, help="Small suite: about a minute (fp32; int8 about two) instead of up to ten.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the profile here (default: under $EDGEFIT_HOME/profiles/, where predictions find it).")
-@click.option("--agent", default=None, help="Measure on the device behind this measurement agent (http://HOST:PORT).")
-@click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN).")
-@click.option("--accept-device", is_flag=True, help="Use the agent even when its device does not look like the target.")
+@agent_options("Measure on the device behind this measurement agent (http://HOST:PORT).")
 @click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the suite, a manifest and the device runner into this new folder, to run on the device.")
 @click.option("--import", "import_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,

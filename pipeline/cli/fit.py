@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.options import (
+    agent_options,
     family_option,
     fraction_option,
     json_option,
@@ -55,11 +56,7 @@ def fit_text(d: dict) -> str:
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
               help="State dict for the chosen architecture.")
 @click.option("--dynamic-batch", is_flag=True, help="Export with a dynamic batch dimension.")
-@click.option("--agent", default=None, help="Measurement agent URL of a remote device (http://HOST:PORT).")
-@click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN).")
-@click.option("--accept-device", is_flag=True, help="Measure on the agent even when its device does not look like "
-                                                    "the target.")
+@agent_options("Measurement agent URL of a remote device (http://HOST:PORT).")
 @threads_option()
 @targets_dir_option
 @click.option("--data", default=None, help="Labelled set to train and verify on: DIR, FILE.npz or builtin:digits.")

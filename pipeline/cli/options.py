@@ -87,3 +87,16 @@ def percent_option(*names: str, default: float, max_open: float, help: str):
     """A relative margin in percent of a budget, in [0, max_open)."""
     return click.option(*names, type=click.FloatRange(0, max_open, max_open=True), default=default,
                         show_default=True, help=f"{help} ({PERCENT}).")
+
+
+def agent_options(agent_help: str):
+    """``--agent URL``, ``--agent-token-file F`` and ``--accept-device``: the same three on every command that
+    measures on a device through its agent (fit, calibrate, verify)."""
+    return _stack(
+        click.option("--agent", default=None, help=agent_help),
+        click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN)."),
+        click.option("--accept-device", is_flag=True,
+                     help="Use the agent even when its device does not look like the target."),
+    )
+

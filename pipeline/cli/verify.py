@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import fraction_option, json_option, percentage_points_option, targets_dir_option
+from pipeline.cli.options import (
+    agent_options,
+    fraction_option,
+    json_option,
+    percentage_points_option,
+    targets_dir_option,
+)
 from pipeline.cli.output import emit, key_values, log
 
 
@@ -97,11 +103,8 @@ def _verify_agent(run_dir: Path, agent: str, token_file, accept: bool, threads, 
 @click.option("--device", "device_name", default=None, help="Name of the device the timings came from.")
 @click.option("--model-sha256", default=None,
               help="sha256 of the ONNX the trtexec timings are of (when its log is not at hand).")
-@click.option("--agent", default=None, help="Re-measure the run's model on the device behind this agent "
-                                            "(http://HOST:PORT) and record it; exit 4 when the budget is missed.")
-@click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN).")
-@click.option("--accept-device", is_flag=True, help="Use the agent even when its device does not look like the target.")
+@agent_options("Re-measure the run's model on the device behind this agent (http://HOST:PORT) and record it; "
+               "exit 4 when the budget is missed.")
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --agent: write the checks as JUnit XML here (for CI).")
 @percentage_points_option("--max-drop-pp", default=0.1, help="Largest allowed top-1 drop of ONNX below torch")
