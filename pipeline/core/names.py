@@ -7,7 +7,7 @@ A test keeps ``FAMILY_NAMES`` equal to ``tuple(pipeline.models.FAMILIES)``.
 
 from __future__ import annotations
 
-FAMILY_NAMES: tuple[str, ...] = ("efficientnet", "mobilenetv2", "resnet18", "resnet50")
+FAMILY_NAMES: tuple[str, ...] = ("efficientnet", "mobilenetv2", "resnet18", "resnet34", "resnet50")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
 __all__ = ["FAMILY_NAMES", "PRECISIONS"]

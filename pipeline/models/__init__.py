@@ -10,10 +10,10 @@ from pipeline.core.scaling import Scale
 from pipeline.models.base import ScalableNet, StageSpec
 from pipeline.models.efficientnet import EfficientNet
 from pipeline.models.mobilenetv2 import MobileNetV2
-from pipeline.models.resnet import ResNet18, ResNet50
+from pipeline.models.resnet import ResNet18, ResNet34, ResNet50
 
 FAMILIES: dict[str, type[ScalableNet]] = {
-    cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet50)
+    cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet34, ResNet50)
 }
 
 __all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family", "signature"]

@@ -1,4 +1,9 @@
-"""ResNet-18 (basic blocks) and ResNet-50 (bottlenecks), torchvision layout, scalable."""
+"""ResNet-18/34 (basic blocks) and ResNet-50 (bottlenecks), torchvision layout, scalable.
+
+ResNet-34 is its own family, not a depth-scaled ResNet-18: its stages repeat (3, 4, 6, 3) where
+ResNet-18 repeats (2, 2, 2, 2), and no single depth multiplier maps one onto the other. It is here
+because published device latencies exist for it, so a profile can learn from it.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ class ResNet18(_ResNet):
     family = "resnet18"
     block = BasicBlock
     repeats = (2, 2, 2, 2)
+
+
+class ResNet34(_ResNet):
+    family = "resnet34"
+    block = BasicBlock
+    repeats = (3, 4, 6, 3)
 
 
 class ResNet50(_ResNet):
