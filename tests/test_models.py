@@ -68,7 +68,7 @@ def test_per_dimension_changes_only_its_dimension():
 
 
 def test_unknown_family_lists_known():
-    with pytest.raises(FamilyNotFound, match="efficientnet, mobilenetv2, resnet18, resnet50"):
+    with pytest.raises(FamilyNotFound, match="efficientnet, mobilenetv2, resnet18, resnet34, resnet50"):
         build("vgg", CompoundScaling().compound(0))
 
 
