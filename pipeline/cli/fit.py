@@ -26,7 +26,8 @@ def fit_text(d: dict) -> str:
     m, p = d["measured"], d["predicted"]
     lat = (f"measured p50 {m['latency_ms']:.2f} ms (p90 {m['latency_ms_p90']:.2f}) on {m['device']}" if m else
            f"PREDICTED {p['latency_ms']:.2f} ms from a {p['provenance']} profile (not measured)")
-    err = "unknown" if p["heldout_error_pct"] is None else f"{p['heldout_error_pct']:g}%"
+    err = ("unknown (the search used the unknown-error margin)" if p["heldout_error_pct"] is None
+           else f"{p['heldout_error_pct']:g}% ({p.get('error_case') or 'leave-one-out'})")
     rows = [{**f, "fits": "yes" if f.get("fits") else "no", "chosen": "<-" if f["phi"] == d["phi"] else ""}
             for f in d["frontier"]]
     cols = [("phi", "φ"), ("resolution", "res"), ("latency_ms", "pred ms"), ("memory_mb", "MiB"), ("fits", "fits"),

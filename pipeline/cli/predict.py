@@ -15,12 +15,20 @@ from pipeline.cli.options import (
 from pipeline.cli.output import emit
 from pipeline.cli.render import si
 
+_CASES = {
+    "same family": "this family was timed on the target; leave-one-out over its records",
+    "leave-one-family-out": "this family was never timed on the target; error of predicting each timed family "
+                            "from the others",
+    "unknown": "never timed on the target, and too few families in the profile to say how far off it can be",
+}
+
 
 def predict_text(d: dict) -> str:
     err = "unknown" if d["heldout_error_pct"] is None else f"±{d['heldout_error_pct']:g}% (p90, held-out)"
     lines = [
         f"{d['target']} ({d['precision']}): {d['latency_ms']:.2f} ms p50, {d['memory_mb']:.1f} MB peak",
         f"  provenance {d['provenance']}, error {err}, profile {d['profile']}",
+        f"  error case: {d.get('error_case') or 'unknown'} ({_CASES.get(d.get('error_case'), _CASES['unknown'])})",
         f"  model: resolution {d['resolution']}, params {si(d['params'])}, MACs {si(d['macs'])}",
     ]
     if d.get("note"):

@@ -10,4 +10,17 @@ from __future__ import annotations
 FAMILY_NAMES: tuple[str, ...] = ("efficientnet", "mobilenetv2", "resnet18", "resnet34", "resnet50")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
-__all__ = ["FAMILY_NAMES", "PRECISIONS"]
+# Families that share their building blocks. A profile's held-out error for one family says
+# something about another family only across groups: ResNet-18 predicting ResNet-50 is no
+# evidence about a depthwise network (pipeline.predict.heldout).
+FAMILY_GROUPS: dict[str, str] = {
+    "efficientnet": "efficientnet", "mobilenetv2": "mobilenetv2",
+    "resnet18": "resnet", "resnet34": "resnet", "resnet50": "resnet",
+}
+
+
+def family_group(family: str) -> str:
+    """The group of ``family`` (its own name when it has none)."""
+    return FAMILY_GROUPS.get(family, family)
+
+__all__ = ["FAMILY_GROUPS", "FAMILY_NAMES", "PRECISIONS", "family_group"]

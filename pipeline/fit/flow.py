@@ -47,7 +47,10 @@ if TYPE_CHECKING:
     from pipeline.predict.predictor import Predictor
     from pipeline.predict.targets import Target
 
-UNKNOWN_ERROR_MARGIN_PCT = 25.0  # margin when a profile cannot say how wrong it is
+# The latency margin when the profile cannot say how wrong a prediction for this family may be (a family
+# never timed on the target, and too few families to estimate cross-family error). Above the worst
+# leave-one-family-out error of any shipped published profile (bench/results/predictor_published.md).
+UNKNOWN_ERROR_MARGIN_PCT = 50.0
 TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds (pipeline.measure.settings)
 
 
@@ -77,7 +80,7 @@ class FitContext:
 
     def predict_arch(self, i: int) -> tuple[float, float]:
         """(latency at the budget's percentile, memory) predicted for architecture ``i``."""
-        p = self.predictor.predict(scale_cost(self.family, self.archs[i].scale, self.num_classes))
+        p = self.predictor.predict(scale_cost(self.family, self.archs[i].scale, self.num_classes), self.family)
         return p.latency_at(self.budget.percentile), p.memory_mb
 
 
@@ -175,8 +178,11 @@ def _search(ctx: FitContext, progress) -> None:
     lo, hi = ctx.search.phi_range
     ctx.predictor = _predictor(ctx.target, ctx.precision, ctx.threads, ctx.log, progress)
     ctx.predictor.check_percentile(ctx.budget.percentile)
-    err = ctx.predictor.heldout_error_pct
-    margin = err if err is not None else UNKNOWN_ERROR_MARGIN_PCT
+    error = ctx.predictor.error_for(ctx.family)
+    margin = error.pct if error.pct is not None else UNKNOWN_ERROR_MARGIN_PCT
+    if error.pct is None:
+        ctx.log(f"predictor: error unknown for {ctx.family} ({error.detail}); "
+                f"using the unknown-error margin of {UNKNOWN_ERROR_MARGIN_PCT:g}%")
     mem_err = ctx.predictor.memory_heldout_error_pct
     mem_margin = mem_err if mem_err is not None else UNKNOWN_ERROR_MARGIN_PCT
     ctx.archs = enumerate_architectures(ctx.family, lo, hi)
@@ -298,7 +304,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
     result, predictor, budget, num_classes = ctx.result, ctx.predictor, ctx.budget, ctx.num_classes
     scale = archs[chosen].scale
     cost = scale_cost(family, scale, num_classes)
-    pred = predictor.predict(cost)
+    pred = predictor.predict(cost, family)
     frontier = {c.index: c.to_dict() for c in result.frontier}
     for m in measurements:
         frontier[m.index] = {**result.evaluate(m.index).to_dict(), "measured_ms": m.latency_ms,
@@ -326,12 +332,12 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "predicted": {"latency_ms": pred.latency_ms, "latency_ms_at_percentile": round(pred.latency_at(
             budget.percentile), 4), "memory_mb": pred.memory_mb, "provenance": pred.provenance,
             "heldout_error_pct": pred.heldout_error_pct, "profile": pred.profile, "method": pred.method,
-            "note": pred.note},
+            "note": pred.note, "error_case": pred.error_case},
         "measured": measured,
         "verified": {"latency": None, "memory": None, "accuracy": None},  # decided below, from the record
         "accuracy": extra["accuracy"],
         "int8": extra["int8"],
-        "precisions": precision_table(tgt, precision, threads, cost, extra["run"],
+        "precisions": precision_table(tgt, precision, threads, cost, extra["run"], family,
                                       {"measured": measured, "accuracy": extra["accuracy"], "int8": extra["int8"]}),
         "training": extra["training"],
         "artifacts": {"onnx": "model.onnx", "report": "report.md", "plot": "latency_vs_phi.png",

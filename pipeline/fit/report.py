@@ -41,9 +41,28 @@ def plot_frontier(fit: RunRecord, path: Path) -> Path:
     return path
 
 
+def _error_words(p) -> str:
+    """The held-out error and which case it is (pipeline.predict.heldout)."""
+    if p.heldout_error_pct is None:
+        return "unknown"
+    case = p.error_case or "leave-one-out"
+    return f"{p.heldout_error_pct:g}% (p90, {case})"
+
+
+def _unknown_error_line(fit: RunRecord) -> str | None:
+    """The first thing a reader must know when nothing says how wrong the prediction may be."""
+    p = fit.predicted
+    if p.heldout_error_pct is not None or fit.measured is not None:
+        return None
+    return (f"**The error of this prediction is unknown.** {fit.family} was never timed on {fit.target}'s "
+            f"{fit.precision} profile and the profile has too few families to estimate a cross-family error, so the "
+            f"search used the documented unknown-error margin of {fit.search.margin_pct:g}% (see docs/predictions.md). "
+            f"Measure on the device before relying on it.")
+
+
 def _provenance_line(fit: RunRecord) -> str:
     p = fit.predicted
-    err = "unknown" if p.heldout_error_pct is None else f"{p.heldout_error_pct:g}% (p90, leave-one-out)"
+    err = _error_words(p)
     if fit.measured is None:
         return (f"**Latency was predicted, not measured**: from a {p.provenance} profile "
                 f"(`{p.profile}`), held-out error {err}. Nothing here was timed on {fit.target}.")
@@ -86,8 +105,10 @@ def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
     b, v = fit.budget, fit.verified
     budget = ", ".join(x for x in (b.latency_ms and f"{b.latency_ms:g} ms p{b.percentile}",
                                    b.memory_mb and f"{b.memory_mb:.1f} MiB") if x)
+    unknown = _unknown_error_line(fit)
     lines = [
         f"# edgefit: {fit.family} for {fit.target} ({fit.precision})", "",
+        *([unknown, ""] if unknown else []),
         _provenance_line(fit), "",
         f"Budget: {budget}. Chosen: **φ={fit.phi:g}** (depth ×{fit.depth_multiplier:.3f}, width "
         f"×{fit.width_multiplier:.3f}, resolution {fit.resolution}), {fit.params:,} parameters, "

@@ -119,7 +119,7 @@ def verify_accuracy_step(run: Path, opts: DataOptions, precision: str, threads: 
             "failures": list(rep.failures), "min_accuracy": opts.min_accuracy}
 
 
-def precision_table(tgt, precision: str, threads: int, cost, run: Path, outcome: dict) -> list[dict]:
+def precision_table(tgt, precision: str, threads: int, cost, run: Path, family: str, outcome: dict) -> list[dict]:
     """One row per precision (fp32, fp16, int8): latency with its provenance, size, accuracy.
 
     The run's own precision uses its measurement when there is one; the others are predicted
@@ -140,8 +140,9 @@ def precision_table(tgt, precision: str, threads: int, cost, run: Path, outcome:
             row["latency_source"] = f"{tgt.name} does not run {p}"
         else:
             try:
-                pred = load_predictor(tgt, p, threads).predict(cost)
-                err = "unknown" if pred.heldout_error_pct is None else f"±{pred.heldout_error_pct:g}%"
+                pred = load_predictor(tgt, p, threads).predict(cost, family)
+                err = ("unknown" if pred.heldout_error_pct is None
+                       else f"±{pred.heldout_error_pct:g}% ({pred.error_case})")
                 row.update(latency_ms=pred.latency_ms, latency_source=f"predicted ({pred.provenance} profile, "
                            f"held-out error {err})")
             except DeployError as exc:  # no profile for this precision: say so, do not guess

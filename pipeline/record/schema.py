@@ -83,6 +83,8 @@ class Predicted(_Strict):
     profile: str | None
     method: str | None
     note: str | None
+    # which held-out error applies: "same family", "leave-one-family-out" or "unknown" (older files lack it)
+    error_case: str | None = None
 
 
 class HostMeasured(_Strict):
