@@ -24,7 +24,8 @@ SHIPPED = sorted(CALIBRATION.glob("*/*.json"))
 
 # (target, precision) -> {family: p50 ms}, exactly the rows of published-latencies.md.
 PUBLISHED = {
-    ("jetson-nano", "fp16"): {"resnet18": 11.4, "resnet50": 29.8},
+    ("jetson-nano", "fp16"): {"resnet18": 11.4, "resnet50": 29.8, "resnet34": 20.2, "mobilenetv2": 17.65},
+    ("jetson-nano", "fp32"): {"mobilenetv2": 19.53},
     ("jetson-orin-nano", "fp32"): {"resnet50": 12.5, "mobilenetv2": 5.8, "resnet18": 5.9, "resnet34": 9.7},
     ("jetson-orin-nano", "fp16"): {"resnet50": 6.9, "mobilenetv2": 3.7, "resnet18": 3.6, "resnet34": 5.8},
     ("jetson-orin-nano", "int8"): {"resnet50": 5.1, "mobilenetv2": 2.9, "resnet18": 2.4, "resnet34": 3.7},

@@ -134,7 +134,8 @@ def test_profile_paths_follow_the_convention():
 
 def test_profile_status_of_the_shipped_profiles():
     assert load_target("jetson-nano").profile_status("fp16") == "published"
-    assert load_target("jetson-nano").profile_status("fp32") == "none"
+    assert load_target("jetson-nano").profile_status("fp32") == "published"
+    assert load_target("rtx-4090").profile_status("fp32") == "none"
     assert load_target("rtx-4090").profile_status("fp16") == "roofline"
     assert load_target("raspberry-pi-5").profile_status() == "published"
 
