@@ -36,6 +36,10 @@ SOURCES = (
     "NVIDIA GeForce RTX 4090 specifications (vendor page)",
     "Raspberry Pi 4 product brief",
     "Raspberry Pi 5 product brief",
+    # runtime_context_mb: TensorRT [MemUsageChange] logs and NVIDIA's comment on the CUDA context size
+    "https://github.com/wang-xinyu/tensorrtx/issues/1145",
+    "https://github.com/wang-xinyu/tensorrtx/issues/1320",
+    "https://github.com/pytorch/pytorch/issues/107667",
 )
 
 MINIMAL = """\
