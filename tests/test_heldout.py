@@ -98,12 +98,14 @@ def test_heldout_cases_follow_the_family_groups():
     h = Heldout.compute(recs, fit)
     assert h.groups == ("mobilenetv2", "resnet")
     assert h.for_family("resnet34").case == "same family"
-    assert h.for_family("mobilenetv2").pct == pytest.approx(50)  # its own held-out error, above the LOFO p90
+    # the two ResNets are not held out together: one MobileNetV2 record is too little to stand for a prediction
+    assert h.lofo == (None, None, pytest.approx(50))
+    assert h.for_family("mobilenetv2").pct == pytest.approx(50)
     # two same-family cases (the ResNets, both exact) are too few: raised to the leave-one-family-out error
-    assert h.lofo_pct() == pytest.approx(40) and h.for_family("resnet50").pct == pytest.approx(40)
+    assert h.for_family("resnet50").pct == pytest.approx(50)
+    assert h.for_family("resnet50", floor_pct=80).pct == 80
     est = h.for_family("efficientnet")
-    assert est.case == "leave-one-family-out" and est.pct == pytest.approx(40)
-    assert h.for_family("efficientnet", floor_pct=80).pct == 80
+    assert est.case == "leave-one-family-out" and est.pct == pytest.approx(50)
 
 
 def test_layerwise_recovers_its_own_parameters_and_leans_on_priors_when_data_is_thin():
@@ -134,9 +136,10 @@ def test_stated_errors_cover_the_held_out_published_records():
     covered, stated = coverage(cases)
     assert stated >= 10, "too few held-out cases with a stated error to check coverage"
     assert covered / stated >= COVERAGE_GOAL, [c for c in cases if c.covered is False]
-    # the unknown cases: the margin fit uses then must cover them too
+    # the unknown cases: the margin fit uses then must cover them as often
     unknown = [c for c in cases if c.stated_pct is None and c.error_pct is not None]
-    assert all(abs(c.error_pct) <= UNKNOWN_ERROR_MARGIN_PCT for c in unknown), unknown
+    assert len(unknown) >= 5
+    assert sum(abs(c.error_pct) <= UNKNOWN_ERROR_MARGIN_PCT for c in unknown) / len(unknown) >= COVERAGE_GOAL, unknown
 
 
 def test_fit_report_says_first_when_the_error_is_unknown(tmp_path):

@@ -148,3 +148,16 @@ def test_measured_tails_come_from_the_records():
     p = pred.predict(scale_cost("efficientnet", CompoundScaling().compound(-1)))
     assert p.latency_at(90) == pytest.approx(p.latency_ms * 1.1, rel=1e-3)
     assert p.latency_at(99) == pytest.approx(p.latency_ms * 1.5, rel=1e-3)  # not p90 × a constant
+
+
+def test_gpu_memory_adds_the_sourced_runtime_context():
+    """A GPU target's memory counts the CUDA/TensorRT context (its [hardware] figure) and says where it is from."""
+    target = load_target("jetson-nano")
+    context = target.hardware["runtime_context_mb"]["value"]
+    cost = scale_cost("mobilenetv2", CompoundScaling().compound(0))
+    p = load_predictor(target, "fp16").predict(cost, "mobilenetv2")
+    static = (cost.weight_bytes["fp16"] + cost.activation_bytes) / 2**20
+    assert p.memory_mb == pytest.approx(static + context, abs=0.01)
+    assert f"{context:g} MiB for the runtime's context" in p.note and "tensorrtx" in p.note
+    cpu = load_predictor(load_target("raspberry-pi-4"), "fp32").predict(cost, "mobilenetv2")
+    assert cpu.memory_mb == pytest.approx((cost.weight_bytes["fp32"] + cost.activation_bytes) / 2**20, abs=0.01)
