@@ -18,17 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import save_results  # noqa: E402
 from pipeline.fit.flow import UNKNOWN_ERROR_MARGIN_PCT  # noqa: E402
-from pipeline.predict.evaluate import COVERAGE_GOAL, coverage, held_out_cases  # noqa: E402
-from pipeline.predict.profile import load_profile  # noqa: E402
-from pipeline.predict.targets import list_targets  # noqa: E402
-
-
-def published_profiles():
-    for target in list_targets():
-        for precision in target.precisions:
-            path = target.profile_path(precision)
-            if not target.measurable and path.is_file() and load_profile(path).provenance == "published":
-                yield target, precision
+from pipeline.predict.evaluate import COVERAGE_GOAL, coverage, held_out_cases, published_profiles  # noqa: E402
 
 
 def _num(v, fmt: str = ".2f") -> str:

@@ -15,12 +15,12 @@ from pipeline.core.names import FAMILY_GROUPS, FAMILY_NAMES
 from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.trace import scale_cost
 from pipeline.fit.flow import UNKNOWN_ERROR_MARGIN_PCT
-from pipeline.predict.evaluate import COVERAGE_GOAL, coverage, held_out_cases
+from pipeline.predict.evaluate import COVERAGE_GOAL, coverage, held_out_cases, published_profiles
 from pipeline.predict.heldout import Heldout
 from pipeline.predict.layerwise import PARAMS, Device, LayerwiseModel, fit_layerwise
 from pipeline.predict.predictor import PUBLISHED_ERROR_FLOOR_PCT, Predictor
 from pipeline.predict.profile import load_profile
-from pipeline.predict.targets import list_targets, load_target
+from pipeline.predict.targets import load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIN = ROOT / "calibration" / "jetson-orin-nano" / "tensorrt-fp16.json"
@@ -122,17 +122,9 @@ def test_layerwise_recovers_its_own_parameters_and_leans_on_priors_when_data_is_
     assert set(one.parameters()) == set(PARAMS) and one(costs[0]) == pytest.approx(true(costs[0]), rel=0.1)
 
 
-def _published_profiles():
-    for target in list_targets():
-        for precision in target.precisions:
-            path = target.profile_path(precision)
-            if not target.measurable and path.is_file() and load_profile(path).provenance == "published":
-                yield target, precision
-
-
 def test_stated_errors_cover_the_held_out_published_records():
     """Each shipped published record predicted from the others: the stated error covers the actual in ≥ 90%."""
-    cases = [c for t, p in _published_profiles() for c in held_out_cases(t, p)[1]]
+    cases = [c for t, p in published_profiles() for c in held_out_cases(t, p)[1]]
     covered, stated = coverage(cases)
     assert stated >= 10, "too few held-out cases with a stated error to check coverage"
     assert covered / stated >= COVERAGE_GOAL, [c for c in cases if c.covered is False]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from pipeline.predict.predictor import Predictor, load_predictor, record_cost
-from pipeline.predict.profile import Profile
+from pipeline.predict.profile import Profile, load_profile
 
 COVERAGE_GOAL = 0.9
 
@@ -43,6 +43,17 @@ class ProfileSummary:
     families: tuple[str, ...]
     method: str
     chosen_error_pct: float | None  # the chosen model's held-out p90 (LOFO when ≥ 2 family groups)
+
+
+def published_profiles():
+    """(target, precision) of every shipped profile whose provenance is ``published``."""
+    from pipeline.predict.targets import list_targets
+
+    for target in list_targets():
+        for precision in target.precisions:
+            path = target.profile_path(precision)
+            if not target.measurable and path.is_file() and load_profile(path).provenance == "published":
+                yield target, precision
 
 
 def _without(profile: Profile, index: int) -> Profile:
