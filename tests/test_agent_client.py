@@ -238,7 +238,7 @@ def test_fit_measures_through_the_agent(tmp_path):
 
     token = tmp_path / "token"
     token.write_text(TOKEN)
-    args = ["fit", "--target", "raspberry-pi-4", "--latency", "50ms", "--family", "resnet18", "--phi-min", "-4",
+    args = ["fit", "--target", "raspberry-pi-4", "--latency", "100ms", "--family", "resnet18", "--phi-min", "-4",
             "--phi-max", "-3.5", "--agent-token-file", str(token), "--out", str(tmp_path / "run"), "--json"]
     with fake_agent() as url:
         refused = CliRunner().invoke(cli, [*args, "--agent", url])

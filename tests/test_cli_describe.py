@@ -58,7 +58,8 @@ def test_describe_human_table():
 @pytest.mark.parametrize(
     "args, code, text",
     [
-        (["--family", "vgg16"], 2, "'vgg16' is not one of 'efficientnet', 'mobilenetv2', 'resnet18', 'resnet50'"),
+        (["--family", "vgg16"], 2,
+         "'vgg16' is not one of 'efficientnet', 'mobilenetv2', 'resnet18', 'resnet34', 'resnet50'"),
         (["--preset", "b9"], 1, "Known: b0, b1"),
         (["--phi", "nan"], 1, "finite"),
         (["--phi", "13"], 1, "out of range"),
