@@ -50,7 +50,8 @@ TENSOR_FROM_SPARSE_INT8 = {"int8": 2.0, "fp16": 4.0}
 OBSERVATION_SIGMA = 0.1  # log-space spread of one published record around the model (harness noise)
 
 
-def _figure(hardware: dict, key: str, precision: str) -> float | None:
+def hardware_figure(hardware: dict, key: str, precision: str) -> float | None:
+    """A target's ``[hardware]`` figure at ``precision`` (else its ``value``); None when absent or not positive."""
     fig = hardware.get(key)
     if not isinstance(fig, dict):
         return None
@@ -73,13 +74,13 @@ class Device:
     def from_hardware(cls, hardware: dict, kind: str, precision: str) -> Device:
         kind = kind if kind in PRIORS else "cpu"
         priors = dict(PRIORS[kind])
-        peak = _figure(hardware, "peak_gflops", precision)
-        tops = _figure(hardware, "int8_tops_sparse", "")
+        peak = hardware_figure(hardware, "peak_gflops", precision)
+        tops = hardware_figure(hardware, "int8_tops_sparse", "")
         if peak is None and tops and precision in TENSOR_FROM_SPARSE_INT8:
             peak = tops * 1000 / TENSOR_FROM_SPARSE_INT8[precision]
-        if peak is None and (fp32 := _figure(hardware, "peak_gflops", "fp32")):
+        if peak is None and (fp32 := hardware_figure(hardware, "peak_gflops", "fp32")):
             peak = fp32 * PRECISION_GAIN[kind][precision]
-        bandwidth = _figure(hardware, "memory_bandwidth_gbs", precision)
+        bandwidth = hardware_figure(hardware, "memory_bandwidth_gbs", precision)
         nominal_peak, nominal_bw = NOMINAL[kind]
         if peak is None:
             peak = nominal_peak

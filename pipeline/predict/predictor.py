@@ -30,7 +30,7 @@ from pipeline.core.scaling import CompoundScaling, Scale, preset
 from pipeline.cost.features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from pipeline.cost.trace import BYTES_PER_ELEMENT, Cost, scale_cost
 from pipeline.predict.heldout import HELDOUT_QUANTILE, ErrorEstimate, Heldout, p90
-from pipeline.predict.layerwise import Device, LayerwiseModel, fit_layerwise
+from pipeline.predict.layerwise import Device, LayerwiseModel, fit_layerwise, hardware_figure
 from pipeline.predict.profile import Profile, load_profile
 
 MIN_LINEAR_RECORDS = 8
@@ -107,10 +107,6 @@ def _loo_errors(x: np.ndarray, y: np.ndarray, fit) -> np.ndarray:
     return np.array(errs)
 
 
-def _pct(errors: np.ndarray) -> float | None:
-    return p90(errors)
-
-
 @dataclass(frozen=True)
 class _Linear:
     names: tuple[str, ...]
@@ -135,18 +131,10 @@ def _best_channel_block(costs: list[Cost], y: np.ndarray) -> int:
     return best[1]
 
 
-def _hardware_figure(hardware: dict, key: str, precision: str) -> float | None:
-    fig = hardware.get(key)
-    if not isinstance(fig, dict):
-        return None
-    value = fig.get(precision, fig.get("value"))
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def roofline_seconds(cost: Cost, hardware: dict, precision: str) -> float:
     """max(compute time, memory time) at datasheet peaks; GMACs alone if the peak is unknown."""
-    peak = _hardware_figure(hardware, "peak_gflops", precision) or _hardware_figure(hardware, "peak_gflops", "fp32")
-    bandwidth = _hardware_figure(hardware, "memory_bandwidth_gbs", precision)
+    peak = hardware_figure(hardware, "peak_gflops", precision) or hardware_figure(hardware, "peak_gflops", "fp32")
+    bandwidth = hardware_figure(hardware, "memory_bandwidth_gbs", precision)
     if not peak:
         return cost.macs / 1e9
     moved = cost.weight_bytes[precision] + sum(op.in_bytes + op.out_bytes for op in cost.ops) \
@@ -251,7 +239,7 @@ class Predictor:
             mx = np.array([[memory_features(c)[n] for n in MEMORY_FEATURES] for c, _ in mem])
             my = np.array([m for _, m in mem])
             memory = _Linear(MEMORY_FEATURES, tuple(float(v) for v in _nnls_relative(mx, my)))
-            mem_heldout = _pct(_loo_errors(mx, my, _nnls_relative))
+            mem_heldout = p90(_loo_errors(mx, my, _nnls_relative))
         method = f"per-op-kind linear (NNLS, relative error; channels padded to blocks of {block})"
         return cls(profile, method, fit(records), memory, heldout, mem_heldout, _tail_ratios(records),
                    channel_block=block)
@@ -316,7 +304,7 @@ class Predictor:
         notes = [self.note]
         if memory is None:
             memory = (cost.weight_bytes[self.profile.precision] + cost.activation_bytes) / 2**20
-            context = _hardware_figure(self.hardware, "runtime_context_mb", self.profile.precision)
+            context = hardware_figure(self.hardware, "runtime_context_mb", self.profile.precision)
             if context:
                 memory += context
                 notes.append(f"memory is a static estimate (weights + peak activations) plus {context:g} MiB for "
