@@ -112,3 +112,15 @@ class TimesInvalid(DeployError):
 
 class RecordInvalid(DeployError):
     """A run record (``RUN_DIR/fit.json``) that is not JSON or does not follow its schema; names the key."""
+
+
+class ConversionFailed(DeployError):
+    """ONNX Runtime could not convert a model for a mobile runtime (an operator without a kernel); names it."""
+
+
+class PackageCorrupt(DeployError):
+    """A package (zip or folder from ``deploy package``) that is unreadable, incomplete or altered; names the file."""
+
+
+class PackageMismatch(VerificationFailed):
+    """A package whose model disagrees with its manifest or with the run it was made from (exit 4); names the file."""
