@@ -50,14 +50,18 @@ def weights_for(run: Path, family: str, scale, num_classes: int, weights, opts: 
     from pipeline.models import build, initialize
 
     if opts.data and opts.train_epochs:
-        from pipeline.train.trainer import TrainOptions, load_checkpoint, train
+        from pipeline.core.io import write_json
+        from pipeline.train.trainer import TRAIN_JSON, TrainOptions, load_checkpoint, train
 
         log(f"training the chosen architecture on {opts.data} for {opts.train_epochs} epochs")
         # at the searched resolution: the latency that was measured is the latency of this input size
         result = train(family, scale, opts.data, out_dir=run, log=log, options=TrainOptions(
             epochs=opts.train_epochs, teacher=opts.teacher, init_from=opts.init_from, resolution=scale.resolution))
         ckpt = load_checkpoint(result.checkpoint)
-        return ckpt.model(), ckpt.preprocess, result.to_dict()
+        record = result.to_dict() | {"checkpoint": Path(result.checkpoint).name}
+        # the run is built in a temporary folder that is renamed into place: keep train.json's path run-relative
+        write_json(run / TRAIN_JSON, record)
+        return ckpt.model(), ckpt.preprocess, record
     model = initialize(build(family, scale, num_classes), seed=0)
     if weights is not None:
         from pipeline.models.weights import load_weights
