@@ -273,3 +273,26 @@ def test_force_replaces_and_help_shows_both_forms(fp32_run, tmp_path):
     r = deploy("package", "--help")
     assert r.exit_code == 0 and "verify PACKAGE" in r.output and "RUN_DIR --platform" in r.output
     assert deploy("package", "verify", "--help").exit_code == 0
+
+
+def test_a_gpu_fp16_run_ships_its_fp32_onnx_labelled_as_such_with_its_prediction(tmp_path):
+    run = make_run(tmp_path / "nano", "jetson-nano", family="efficientnet", precision="fp16")
+    pkg = tmp_path / "n.zip"
+    assert deploy("package", run, "--platform", "android", "--out", pkg).exit_code == 0
+    manifest = json.loads(read_package(pkg)["manifest.json"])
+    assert manifest["model"]["precision"] == "fp32" and manifest["model"]["run_precision"] == "fp16"
+    assert manifest["latency"]["provenance"] == "predicted" and manifest["target"] == "jetson-nano"
+    assert deploy("package", "verify", pkg, "--run", run).exit_code == 0
+
+
+def test_a_dynamic_batch_model_is_packaged_with_a_static_shape(tmp_path):
+    run = make_run(tmp_path / "dyn", "host")
+    model = onnx.load(str(run / "model.onnx"))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(model, str(run / "model.onnx"))
+    pkg = tmp_path / "d.zip"
+    assert deploy("package", run, "--platform", "android", "--out", pkg).exit_code == 0
+    manifest = json.loads(read_package(pkg)["manifest.json"])
+    assert manifest["inputs"][0]["shape"] == [1, 3, 32, 32] and manifest["outputs"][0]["shape"] == [1, 10]
+    assert deploy("package", "verify", pkg, "--run", run).exit_code == 0

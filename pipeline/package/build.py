@@ -149,6 +149,7 @@ def _manifest(src, platform: str, fmt: str, model_name: str, pre: dict, labels: 
         "schema_version": SCHEMA_VERSION,
         "platform": platform,
         "model": {"file": model_name, "format": fmt, "family": src.family, "precision": src.precision,
+                  "run_precision": src.run_precision,
                   "scale": src.scale, "resolution": pre["resolution"],
                   "params": rec.get("params"), "macs": rec.get("macs")},
         "source": {"run": src.run_dir.name, "kind": src.kind, "onnx": src.model_path.name,

@@ -34,7 +34,8 @@ class RunSource:
     run_dir: Path
     kind: str  # "fit" or "train"
     model_path: Path
-    precision: str
+    precision: str  # of the model file: int8 (QDQ), fp16 (half weights) or fp32
+    run_precision: str  # what the run targeted (a TensorRT fp16 run ships an fp32 ONNX)
     family: str
     scale: dict
     preprocess: Preprocess
@@ -67,8 +68,27 @@ def read_run(run_dir: str | Path) -> RunSource:
                 f"export and check it with `deploy verify {run} --data DATA`")
         raise DeployError(f"{run} has no model to package: {model.name} is missing; {hint}.")
     preprocess, source, classes = _preprocessing(run, kind, data, model)
-    return RunSource(run_dir=run, kind=kind, model_path=model, precision=precision, family=family, scale=scale,
-                     preprocess=preprocess, preprocess_source=source, classes=classes, record=data)
+    return RunSource(run_dir=run, kind=kind, model_path=model, precision=model_precision(model),
+                     run_precision=precision, family=family, scale=scale, preprocess=preprocess,
+                     preprocess_source=source, classes=classes, record=data)
+
+
+def model_precision(model: Path) -> str:
+    """The precision the ONNX file itself computes in: int8 (QDQ nodes), fp16 (half weights), else fp32.
+
+    A GPU run at fp16 exports an fp32 ONNX and lets TensorRT build fp16, so the run's
+    precision is not the file's; the package describes, and verify compares, the file.
+    """
+    import onnx
+
+    from pipeline.runtimes.convert import QDQ_OPS
+
+    proto = onnx.load(str(model), load_external_data=False)
+    if any(n.op_type in QDQ_OPS for n in proto.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "fp16"
+    return "fp32"
 
 
 def _read_json(path: Path) -> dict:
