@@ -66,10 +66,9 @@ def calibrate(target_name, precision, threads, quick, out, agent, agent_token_fi
 
     device = None
     if agent is not None:
-        from pipeline.measure.agent import AgentDevice, check_device, read_token
+        from pipeline.measure.farm import agent_device
 
-        device = AgentDevice(agent, target, token=read_token(agent_token_file), threads=threads)
-        for warning in check_device(device.facts(), target, accept=accept_device):
-            log(f"warning: {warning}")
+        device = agent_device(agent, target, token_file=agent_token_file, threads=threads, accept=accept_device,
+                              log=log)
     profile = run(target, precision, threads, quick, out, progress_bar("calibrate"), device=device)
     emit(_summary(profile), as_json, key_values)

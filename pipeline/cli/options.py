@@ -89,11 +89,18 @@ def percent_option(*names: str, default: float, max_open: float, help: str):
                         show_default=True, help=f"{help} ({PERCENT}).")
 
 
+def _no_empty(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...] | None:
+    """``--agent`` given no times is ``None`` (not an empty tuple), so "was an agent given?" stays ``is not None``."""
+    return tuple(value) or None
+
+
 def agent_options(agent_help: str):
     """``--agent URL``, ``--agent-token-file F`` and ``--accept-device``: the same three on every command that
     measures on a device through its agent (fit, calibrate, verify)."""
     return _stack(
-        click.option("--agent", default=None, help=agent_help),
+        click.option("--agent", multiple=True, callback=_no_empty, help=agent_help + " Repeat it (or give a file "
+                     "of URLs, one per line) for a farm of identical devices: jobs go to whichever agent is free, "
+                     "and one that stops answering is dropped and its jobs re-sent."),
         click.option("--agent-token-file", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="File holding the agent's token (default: $EDGEFIT_AGENT_TOKEN)."),
         click.option("--accept-device", is_flag=True,

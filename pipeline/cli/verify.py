@@ -74,18 +74,17 @@ def junit_xml(run_dir: Path, record, judgement) -> bytes:
     return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
 
 
-def _verify_agent(run_dir: Path, agent: str, token_file, accept: bool, threads, targets_dir, junit) -> dict:
+def _verify_agent(run_dir: Path, agent: tuple[str, ...], token_file, accept: bool, threads, targets_dir, junit) -> dict:
     """Re-measure the run's model on the agent, record it, write JUnit; exit 4 (after writing) when it misses."""
     from pipeline.core.io import atomic_write
-    from pipeline.measure.agent import AgentDevice, check_device, read_token, verify_on_agent
+    from pipeline.measure.agent import verify_on_agent
+    from pipeline.measure.farm import agent_device
     from pipeline.measure.settings import timing
     from pipeline.predict.targets import load_target
     from pipeline.record.rundir import read_record
 
     target = load_target(read_record(run_dir).target, targets_dir)
-    device = AgentDevice(agent, target, token=read_token(token_file), threads=threads)
-    for warning in check_device(device.facts(), target, accept=accept):
-        log(f"warning: {warning}")
+    device = agent_device(agent, target, token_file=token_file, threads=threads, accept=accept, log=log)
     record, judgement = verify_on_agent(run_dir, device, timing("fit"))
     if junit is not None:
         atomic_write(junit, junit_xml(run_dir, record, judgement))

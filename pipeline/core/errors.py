@@ -114,6 +114,10 @@ class RecordInvalid(DeployError):
     """A run record (``RUN_DIR/fit.json``) that is not JSON or does not follow its schema; names the key."""
 
 
+class AgentUnreachable(BackendUnavailable):
+    """A measurement agent that cannot be reached or dropped the connection: a farm drops it and re-sends its job."""
+
+
 class ConversionFailed(DeployError):
     """ONNX Runtime could not convert a model for a mobile runtime (an operator without a kernel); names it."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +93,42 @@ def measure_entry(entry: SuiteEntry, device: Device, settings: TimingSettings, w
     """Export one suite model (int8: quantized), measure it on ``device``: one profile record."""
     path = workdir / "model.onnx"
     record = export_entry(entry, path, num_classes, precision, opset)
+    return time_exported(record, path, device, settings, precision)
+
+
+def time_exported(record: dict, path: Path, device: Device, settings: TimingSettings, precision: str) -> dict:
+    """Measure an exported suite model on ``device``; the record names the agent that timed it, if any."""
     m = device.measure(path, settings, precision=precision)
     t = m.latency
     record = timed_record(record, {"p50": t.p50_ms, "p90": t.p90_ms, "p99": t.p99_ms}, m.memory_mb, t.n)
+    if m.agent is not None:
+        record["agent"] = m.agent
     record["_runtime"] = m.runtime
     return record
+
+
+def measure_spread(suite: Sequence[SuiteEntry], device: Device, settings: TimingSettings, workdir: Path, *,
+                   precision: str, opset: int | None, progress: Callable[[int, int, str], None] | None) -> list[dict]:
+    """The suite over a device with several slots (a farm): exported here one by one, timed in parallel.
+
+    Exports stay in this thread (the exporter is not thread-safe, and it is what this machine
+    does); as soon as a model is exported it is handed to the next free agent. Records come back
+    in suite order.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max_workers=device.slots, thread_name_prefix="edgefit-farm") as pool:
+        futures = {}
+        for i, entry in enumerate(suite):
+            path = workdir / f"suite-{i}.onnx"
+            record = export_entry(entry, path, precision=precision, opset=opset)
+            futures[pool.submit(time_exported, record, path, device, settings, precision)] = i
+        records: list[dict | None] = [None] * len(suite)
+        for n, future in enumerate(as_completed(futures), 1):
+            records[futures[future]] = future.result()
+            if progress:
+                progress(n, len(suite), suite[futures[future]].label)
+    return [r for r in records if r is not None]
 
 
 def suite_opset(target) -> int:
@@ -141,7 +172,11 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
     opset = suite_opset(target)
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
-        for i, entry in enumerate(suite):
+        spread = device.slots > 1
+        if spread:
+            records = measure_spread(suite, device, settings, Path(tmp), precision=precision, opset=opset,
+                                     progress=progress)
+        for i, entry in enumerate(() if spread else suite):
             if progress:
                 progress(i, len(suite), entry.label)
             records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision, opset=opset))
@@ -161,7 +196,8 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         created=now_iso(),
         method={**settings.to_dict(), "suite": "quick" if quick else "full", "statistic": "p50 of per-call latency",
                 "batch": 1, "memory": records_memory_method(device),
-                "seconds": round(time.time() - started, 1)},
+                "seconds": round(time.time() - started, 1),
+                **({"dropped_agents": device.dropped} if getattr(device, "dropped", None) else {})},
         records=tuple(records),
         schema_version=SCHEMA_VERSION,
     )

@@ -126,12 +126,10 @@ def _device(target, threads: int, options: DeviceOptions, log: Callable[[str], N
     --accept-device): timings from the wrong device would mislabel every decision made from them.
     """
     if options.agent is not None:
-        from pipeline.measure.agent import AgentDevice, check_device, read_token
+        from pipeline.measure.farm import agent_device
 
-        device = AgentDevice(options.agent, target, token=read_token(options.agent_token_file), threads=threads)
-        for warning in check_device(device.facts(), target, accept=options.accept_device):
-            log(f"warning: {warning}")
-        return device
+        return agent_device(options.agent, target, token_file=options.agent_token_file, threads=threads,
+                            accept=options.accept_device, log=log)
     return LocalDevice(target, threads) if target.measurable else None
 
 
@@ -276,12 +274,10 @@ def _measure_file(ctx: FitContext, path: Path, i: int) -> Measurement:
 
 def _agent_fields(ctx: FitContext, i: int) -> dict:
     """What ``measured`` adds when an agent timed it: its URL, the bytes it measured and the device's facts."""
-    from pipeline.measure.agent import AgentDevice
-
-    if not isinstance(ctx.device, AgentDevice):
-        return {}
     m = ctx.measured_on[i]
-    return {"agent": ctx.device.url, "model_sha256": m.model_sha256, "facts": m.facts}
+    if m.agent is None:
+        return {}
+    return {"agent": m.agent, "model_sha256": m.model_sha256, "facts": m.facts}
 
 
 def _measured_rejection(m: Measurement, budget: Budget) -> str:

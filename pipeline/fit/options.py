@@ -96,7 +96,7 @@ class DeviceOptions:
     """Where it is measured: runtime threads, a measurement agent, and extra target files."""
 
     threads: int | None = None
-    agent: str | None = None
+    agent: str | tuple[str, ...] | None = None  # one URL, several (a farm), or files of URLs
     targets_dir: str | Path | None = None
     agent_token_file: str | Path | None = None  # else $EDGEFIT_AGENT_TOKEN
     accept_device: bool = False  # measure on an agent whose facts contradict the target

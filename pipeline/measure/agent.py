@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline.core.errors import BackendUnavailable, DeployError
+from pipeline.core.errors import AgentUnreachable, DeployError
 from pipeline.core.io import sha256_bytes
 from pipeline.measure.device import Device, DeviceMeasurement
 from pipeline.measure.settings import TimingSettings
@@ -142,12 +142,12 @@ class AgentDevice(Device):
                     raise DeployError(f"the measurement agent at {self.url} closed the connection while the model "
                                       f"({len(body) / 2**20:.1f} MiB) was uploading: most likely it is too large "
                                       "for the agent (raise its --max-body-mb).") from None
-                raise BackendUnavailable(f"cannot reach the measurement agent at {self.url}: {e.reason}; is "
+                raise AgentUnreachable(f"cannot reach the measurement agent at {self.url}: {e.reason}; is "
                                          "`deploy agent serve` (or edgefit_device.py serve) running there?") from None
             except (BrokenPipeError, ConnectionResetError) as e:
-                raise DeployError(f"the measurement agent at {self.url} dropped the connection: {e}.") from None
+                raise AgentUnreachable(f"the measurement agent at {self.url} dropped the connection: {e}.") from None
             except (TimeoutError, OSError) as e:
-                raise BackendUnavailable(f"the measurement agent at {self.url} did not answer: {e}.") from None
+                raise AgentUnreachable(f"the measurement agent at {self.url} did not answer: {e}.") from None
         raise DeployError(f"the measurement agent at {self.url} stayed busy (429) for {MAX_BUSY_RETRIES} tries; "
                           "try again when its queue has drained.")
 
@@ -223,12 +223,12 @@ class AgentDevice(Device):
             latency=timing_from_result(result.get("latency_ms") or {}, threads), memory_mb=None if mem is None
             else float(mem), device=self.label, runtime=runtime, threads=threads, settings=settings,
             when=str(result.get("when") or ""), model_sha256=sent, memory_method=result.get("memory_method"),
-            facts=self.facts())
+            facts=self.facts(), agent=self.url)
 
 
 
 
-def verify_on_agent(run_dir: str | Path, device: AgentDevice, settings: TimingSettings):
+def verify_on_agent(run_dir: str | Path, device: Device, settings: TimingSettings):
     """Re-measure ``RUN_DIR/model.onnx`` on ``device``, record it as ``measured`` and re-judge the run.
 
     Returns ``(record, judgement)``; fit.json is rewritten atomically with the agent's measurement
@@ -249,7 +249,7 @@ def verify_on_agent(run_dir: str | Path, device: AgentDevice, settings: TimingSe
         latency_ms=round(t.p50_ms, 4), latency_ms_p90=round(t.p90_ms, 4), latency_ms_p99=round(t.p99_ms, 4),
         memory_mb=None if m.memory_mb is None else round(m.memory_mb, 2), device=m.device, threads=m.threads,
         method=m.method, latency_ms_worst_round=round(t.worst_round_p50_ms, 4), when=m.when, repeats=t.n,
-        agent=device.url, model_sha256=m.model_sha256, facts=m.facts)
+        agent=m.agent or "", model_sha256=m.model_sha256, facts=m.facts)
     judgement = judge_record(record)
     record.verified = judgement.verified
     write_record(run_dir, record)

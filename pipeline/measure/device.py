@@ -47,6 +47,7 @@ class DeviceMeasurement:
     model_sha256: str
     memory_method: str | None = None
     facts: dict = field(default_factory=dict)
+    agent: str | None = None  # the measurement agent's URL when a remote device timed it
 
     @property
     def method(self) -> str:
@@ -63,6 +64,7 @@ class Device(abc.ABC):
     """Somewhere a model can be timed: this machine, or a remote device behind an agent."""
 
     name: str
+    slots: int = 1  # models it can time at once without disturbing each other (a farm: one per agent)
 
     @abc.abstractmethod
     def facts(self) -> dict:
