@@ -62,6 +62,8 @@ def fit_text(d: dict) -> str:
 @targets_dir_option
 @click.option("--data", default=None, help="Labelled set to train and verify on: DIR, FILE.npz or builtin:digits.")
 @click.option("--train-epochs", type=click.IntRange(min=1), default=None, help="Train the chosen model this long.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with this many data-parallel processes (as `deploy train --nproc`).")
 @click.option("--teacher", type=click.Path(exists=True), default=None, help="Checkpoint to distil from.")
 @click.option("--init-from", type=click.Path(exists=True), default=None, help="Checkpoint to fine-tune from.")
 @fraction_option("--min-accuracy", default=None, help="Fail (exit 4) when the trained model's top-1 is below this")
@@ -76,7 +78,7 @@ def fit_text(d: dict) -> str:
                 help="A measured latency or memory this close under its budget counts as over it")
 @json_option("Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
-        dynamic_batch, agent, agent_token_file, accept_device, threads, targets_dir, data, train_epochs, teacher,
+        dynamic_batch, agent, agent_token_file, accept_device, threads, targets_dir, data, train_epochs, nproc, teacher,
         init_from, min_accuracy, calibration_data, calibration_method, calibration_samples, int8_exclude,
         int8_max_drop_pp, noise_margin, as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
@@ -86,7 +88,7 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
 
     result = run(target_name, Budget(latency, memory, int(percentile), noise_margin),
                  search_options=SearchOptions(family, phi_min, phi_max), precision=precision,
-                 data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy),
+                 data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy, nproc),
                  int8=Int8Options(calibration_data, calibration_method, calibration_samples, tuple(int8_exclude),
                                   int8_max_drop_pp),
                  run=RunOptions(out, force, weights, dynamic_batch),

@@ -8,7 +8,7 @@ import click
 
 from pipeline.cli.describe import scale_name
 from pipeline.cli.options import family_option, fraction_option, json_option, scale_options, scaling_from
-from pipeline.cli.output import bar_log, emit, progress_bar
+from pipeline.cli.output import bar_log, emit, key_values, log, progress_bar
 from pipeline.cli.render import si
 
 
@@ -61,9 +61,17 @@ def _renamed_device(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--device", hidden=True, is_eager=True, expose_value=False, callback=_renamed_device)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/train-<family>).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this node (torchrun + DDP; gloo on CPU, NCCL on GPUs); "
+                   "--batch-size is per process.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Nodes in the run (each runs the same command with its own --node-rank).")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This node's rank.")
+@click.option("--rdzv-endpoint", default=None, help="HOST:PORT where the nodes meet (needed with --nnodes > 1).")
 @json_option("Print the result as one JSON object (progress goes to stderr).")
 def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, data, epochs, batch_size,
-          lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, as_json):
+          lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, nproc, nnodes, node_rank,
+          rdzv_endpoint, as_json):
     """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
     from pipeline.core.scaling import resolve_scale
     from pipeline.train.trainer import TrainOptions
@@ -73,6 +81,13 @@ def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
                         init_from=init_from, teacher=teacher, temperature=temperature, alpha_kd=alpha_kd,
                         device=train_device)
-    result = run(family, scale, data, out_dir=out or Path("runs") / f"train-{family}", options=opts,
+    out = out or Path("runs") / f"train-{family}"
+    if nproc > 1 or nnodes > 1:
+        from pipeline.train.distributed import launch
+
+        emit(launch(family, scale, data, out_dir=out, options=opts, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                    rdzv_endpoint=rdzv_endpoint, log=log), as_json, train_text if node_rank == 0 else key_values)
+        return
+    result = run(family, scale, data, out_dir=out, options=opts,
                  progress=progress_bar("train", unit="step", leave=False), log=bar_log)
     emit(result.to_dict(), as_json, train_text)

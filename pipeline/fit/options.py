@@ -43,6 +43,7 @@ class DataOptions:
     teacher: str | None = None
     init_from: str | None = None
     min_accuracy: float | None = None  # a fraction in [0, 1]
+    nproc: int = 1  # data-parallel training processes (torchrun + DDP; pipeline.train.distributed)
 
     @property
     def trains(self) -> bool:

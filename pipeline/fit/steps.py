@@ -55,10 +55,16 @@ def weights_for(run: Path, family: str, scale, num_classes: int, weights, opts: 
 
         log(f"training the chosen architecture on {opts.data} for {opts.train_epochs} epochs")
         # at the searched resolution: the latency that was measured is the latency of this input size
-        result = train(family, scale, opts.data, out_dir=run, log=log, options=TrainOptions(
-            epochs=opts.train_epochs, teacher=opts.teacher, init_from=opts.init_from, resolution=scale.resolution))
-        ckpt = load_checkpoint(result.checkpoint)
-        record = result.to_dict() | {"checkpoint": Path(result.checkpoint).name}
+        options = TrainOptions(epochs=opts.train_epochs, teacher=opts.teacher, init_from=opts.init_from,
+                               resolution=scale.resolution)
+        if opts.nproc > 1:
+            from pipeline.train.distributed import launch
+
+            done = launch(family, scale, opts.data, out_dir=run, options=options, nproc=opts.nproc, log=log)
+        else:
+            done = train(family, scale, opts.data, out_dir=run, log=log, options=options).to_dict()
+        ckpt = load_checkpoint(done["checkpoint"])
+        record = done | {"checkpoint": Path(done["checkpoint"]).name}
         # the run is built in a temporary folder that is renamed into place: keep train.json's path run-relative
         write_json(run / TRAIN_JSON, record)
         return ckpt.model(), ckpt.preprocess, record

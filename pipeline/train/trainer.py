@@ -28,6 +28,7 @@ Recipe
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from pipeline.data.datasets import (
 )
 from pipeline.models import ScalableNet, build, check_family
 from pipeline.models.weights import load_weights, read_torch_file
+from pipeline.train.distributed import DistContext, data_parallel, plain_batchnorm, rank_seed, shard
 
 CHECKPOINT_FORMAT = "edgefit-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -447,8 +449,13 @@ class TrainOptions:
 
 def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir: str | Path,
           options: TrainOptions | None = None, progress: Progress | None = None,
-          log: Callable[[str], None] | None = None, clean_stale: bool = True) -> TrainResult:
+          log: Callable[[str], None] | None = None, clean_stale: bool = True,
+          dist: DistContext | None = None) -> TrainResult:
     """Train ``family`` at ``scale`` on ``data``; keep the best epoch; write checkpoint.pt and train.json.
+
+    ``dist``: this process is one rank of a data-parallel run started by torchrun
+    (:mod:`pipeline.train.distributed`): it trains on its shard of every epoch with DDP and
+    global-batch BatchNorm, and only rank 0 evaluates and writes.
 
     ``resolution`` is the input side length trained at (and exported at). ``None`` means
     the dataset's default if it declares one (builtin:digits: 32 px, its images being
@@ -508,6 +515,11 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                                            copy_classifier=tuple(src.classes) == dataset.classes)
                 say(transfer.summary())
             model.to(dev)
+            main = dist is None or dist.is_main
+            if dist is not None:
+                torch.manual_seed(rank_seed(seed, dist.rank))  # per-rank randomness (dropout); weights are rank 0's
+                model = data_parallel(model, dist, dev)
+            core = model.module if dist is not None else model  # the ScalableNet itself, for evaluation and saving
             teacher_info, teacher_logits = None, None
             if teacher is not None:
                 tck = load_checkpoint(teacher)
@@ -526,7 +538,7 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                 say(f"teacher {tck.family} {tck.path}: val accuracy {teacher_acc:.4f}")
 
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-            steps_per_epoch = -(-len(split.train) // batch_size)
+            steps_per_epoch = -(-len(shard(split.train, dist)) // batch_size)
             total_steps = steps_per_epoch * epochs
             sched = torch.optim.lr_scheduler.OneCycleLR(
                 opt, max_lr=lr, total_steps=total_steps, pct_start=DEFAULTS["warmup_fraction"],
@@ -535,14 +547,17 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                         "seed": seed, "optimizer": "adamw", "schedule": "onecycle-cosine",
                         "label_smoothing": label_smoothing, "val_fraction": val_fraction, "split_seed": split_seed,
                         "resolution": res, "init_from": None if init_from is None else str(init_from),
-                        "teacher": None if teacher is None else str(teacher)}
+                        "teacher": None if teacher is None else str(teacher),
+                        **({"world_size": dist.world_size, "global_batch": batch_size * dist.world_size,
+                            "backend": dist.backend} if dist is not None else {})}
             ds_info = {**dataset.info(), "split": split.to_dict()}
             best_acc, best_epoch, history, step = -1.0, 0, [], 0
             for epoch in range(1, epochs + 1):
                 model.train()
                 loss_sum, seen, t_epoch = 0.0, 0, time.perf_counter()
-                for idx, x, y in batches(dataset, split.train, preprocess, batch_size, shuffle=True, seed=seed,
-                                         epoch=epoch):
+                # one shuffled order per epoch, the same on every rank; each rank trains on its shard of it
+                order = split.train[np.random.default_rng([seed, epoch]).permutation(len(split.train))]
+                for idx, x, y in batches(dataset, shard(order, dist), preprocess, batch_size):
                     x, y = x.to(dev), y.to(dev)
                     logits = model(x)
                     if teacher_logits is not None:
@@ -560,9 +575,11 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                     step += 1
                     loss_sum += loss.item() * len(idx)
                     seen += len(idx)
-                    if progress:
+                    if progress and main:
                         progress(step, total_steps, f"epoch {epoch}/{epochs} loss {loss_sum / seen:.3f}")
-                val_logits = predict_logits(model, dataset, split.val, preprocess, device=dev)
+                if not main:
+                    continue  # rank 0 evaluates and keeps the checkpoint; the others only train
+                val_logits = predict_logits(core, dataset, split.val, preprocess, device=dev)
                 acc = float(np.mean(val_logits.argmax(1) == dataset.labels[split.val]))
                 record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_accuracy": acc,
                           "seconds": time.perf_counter() - t_epoch}
@@ -570,7 +587,8 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                 improved = acc > best_acc
                 if improved:
                     best_acc, best_epoch = acc, epoch
-                    save_checkpoint(ckpt_path, model, preprocess, dataset.classes, acc, epoch=epoch,
+                    save_checkpoint(ckpt_path, plain_batchnorm(copy.deepcopy(core)) if dist else core, preprocess,
+                                    dataset.classes, acc, epoch=epoch,
                                     nominal_resolution=nominal, dataset=ds_info, train=settings,
                                     torch_version=str(torch.__version__))
                 say(f"epoch {epoch}/{epochs}: loss {record['train_loss']:.4f}  val accuracy {acc:.4f}"
@@ -578,14 +596,15 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
         finally:
             torch.use_deterministic_algorithms(det)
 
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in core.parameters())
     result = TrainResult(
         checkpoint=str(ckpt_path), val_accuracy=best_acc, best_epoch=best_epoch, epochs=epochs, params=int(params),
         seconds=round(time.perf_counter() - t0, 3), family=family, scale=scale.to_dict(), resolution=res,
         nominal_resolution=nominal, num_classes=dataset.num_classes, dataset=ds_info, preprocess=preprocess.to_dict(),
         settings=settings, history=tuple(history), transfer=transfer.to_dict() if transfer else None,
         teacher=teacher_info, device=str(dev))
-    write_json(out_dir / TRAIN_JSON, result.to_dict())
+    if main:
+        write_json(out_dir / TRAIN_JSON, result.to_dict())
     return result
 
 
