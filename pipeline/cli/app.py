@@ -19,11 +19,13 @@ from pipeline.cli.edge import EdgeGroup
 from pipeline.cli.fit import fit
 from pipeline.cli.package import package
 from pipeline.cli.predict import predict
+from pipeline.cli.similarity import similarity
 from pipeline.cli.targets import targets
 from pipeline.cli.train import train
 from pipeline.cli.verify import verify
 
-COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, package, device_script, agent)
+COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, package, device_script, agent,
+            similarity)
 
 
 @click.group(cls=EdgeGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
