@@ -55,8 +55,10 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 50) -> tuple[np.ndarray, 
     Returns (centroids float32, labels). Sorting makes assignment a searchsorted on midpoints.
     """
     v = values.astype(np.float64)
+    uniq = np.unique(v)
+    if uniq.size <= k:  # already shared (e.g. after trained quantization): keep the values exactly
+        return uniq.astype(np.float32), np.searchsorted(uniq, v)
     lo, hi = float(v.min()), float(v.max())
-    k = max(1, min(k, np.unique(v).size))
     cent = np.linspace(lo, hi, k) if k > 1 else np.array([v.mean()])
     labels = np.zeros(v.size, dtype=np.int64)
     for _ in range(iters):
@@ -213,7 +215,7 @@ class Storage:
 class Compressed:
     """The encoded model: Huffman streams per compressed tensor, dense tensors, tables, and its storage count."""
 
-    sparsity: float
+    sparsity: float | dict[str, float]
     bits: int
     index_bits: int
     tensors: list[EncodedTensor]
@@ -229,9 +231,13 @@ def _compressible(name: str, arr: np.ndarray) -> bool:
     return arr.ndim >= 2 and np.issubdtype(arr.dtype, np.floating) and name.endswith("weight")
 
 
-def compress_state(state: dict[str, np.ndarray], *, sparsity: float = 0.9, bits: int = 5,
+def compress_state(state: dict[str, np.ndarray], *, sparsity: float | dict[str, float] = 0.9, bits: int = 5,
                    index_bits: int = 5) -> Compressed:
-    """Deep-compress every Conv/Linear weight of a state dict (numpy arrays); other tensors stay dense."""
+    """Deep-compress every Conv/Linear weight of a state dict (numpy arrays); other tensors stay dense.
+
+    `sparsity` is one fraction for every tensor, or a fraction per tensor name (Han et al. prune each
+    layer to its own ratio); a per-tensor mapping must name every Conv/Linear weight.
+    """
     if not 1 <= bits <= 16:
         raise CompressError(f"--bits must be between 1 and 16, got {bits}")
     if not 1 <= index_bits <= 16:
@@ -240,7 +246,10 @@ def compress_state(state: dict[str, np.ndarray], *, sparsity: float = 0.9, bits:
     tensors, dense = [], {}
     for name, arr in state.items():
         if _compressible(name, arr):
-            tensors.append(encode_tensor(name, arr.astype(np.float32), sparsity=sparsity, bits=bits,
+            if isinstance(sparsity, dict) and name not in sparsity:
+                raise CompressError(f"no sparsity given for {name}; a per-tensor mapping must name every weight")
+            sp = sparsity[name] if isinstance(sparsity, dict) else sparsity
+            tensors.append(encode_tensor(name, arr.astype(np.float32), sparsity=sp, bits=bits,
                                          index_bits=index_bits))
         else:
             dense[name] = arr
@@ -268,7 +277,8 @@ def compress_state(state: dict[str, np.ndarray], *, sparsity: float = 0.9, bits:
                        "kept": int(np.count_nonzero(t.codes)), "entries": int(t.codes.size),
                        "fillers": int(np.count_nonzero(t.codes == 0)), "bits": layer_bits,
                        "ratio": round(32 * size / layer_bits, 2)})
-    return Compressed(sparsity, bits, index_bits, tensors, streams, code_table, gap_table, dense, storage, layers)
+    kept_sparsity = sparsity if isinstance(sparsity, float) else dict(sparsity)
+    return Compressed(kept_sparsity, bits, index_bits, tensors, streams, code_table, gap_table, dense, storage, layers)
 
 
 def shared_state(c: Compressed) -> dict[str, np.ndarray]:
