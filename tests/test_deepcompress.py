@@ -113,3 +113,17 @@ def test_cli_deep_compression_on_a_run(tmp_path):
     assert "not dense-runtime latency" in (out / "report.md").read_text()
     res = CliRunner().invoke(cli, ["compress", str(tmp_path / "run"), "--method", "prune"])
     assert res.exit_code == 2 and "--latency" in res.output
+
+
+def test_per_tensor_sparsity_and_recompressing_shared_weights():
+    state = lenet_state()
+    per = {"fc1.weight": 0.92, "fc2.weight": 0.91, "fc3.weight": 0.74}
+    c = dc.compress_state(state, sparsity=per, bits=5)
+    kept = {t.name: int(np.count_nonzero(t.codes)) for t in c.tensors}
+    assert kept == {"fc1.weight": round(19200 * 0.08), "fc2.weight": round(30000 * 0.09), "fc3.weight": 260}
+    # compressing the shared model again changes nothing: already-shared values are kept exactly
+    shared = dc.shared_state(c)
+    again = dc.compress_state(shared, sparsity=per, bits=5)
+    assert all(np.array_equal(dc.shared_state(again)[k], shared[k]) for k in shared)
+    with pytest.raises(DeployError, match="no sparsity given for fc3.weight"):
+        dc.compress_state(state, sparsity={"fc1.weight": 0.9, "fc2.weight": 0.9})

@@ -243,7 +243,6 @@ def prune_run(run: str | Path, data: str | Path, *, options: PruneOptions, out_d
                           f"{list(ds.classes)[:10]}; prune with the dataset the run was trained on")
     split, pre, res = ds.split(), ckpt.preprocess, ckpt.preprocess.resolution
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = ckpt.model()
     with tempfile.TemporaryDirectory(prefix="edgefit-prune-") as tmp:
         timer = _Timer(options, res, Path(tmp))
@@ -265,6 +264,7 @@ def prune_run(run: str | Path, data: str | Path, *, options: PruneOptions, out_d
             run_epochs + options.finetune_epochs)
         control = train_module(scratch, ds, split, pre, epochs=max(scratch_epochs, 1), lr=options.scratch_lr,
                                batch_size=options.batch_size, seed=options.seed, progress=progress, label="scratch")
+        out.mkdir(parents=True, exist_ok=True)
         onnx_path = timer.export(model, out / "model.onnx")
         rep = parity(model, onnx_path, n=8, seed=0)
         if not rep:
