@@ -10,6 +10,21 @@ from pipeline.cli.options import json_option
 from pipeline.cli.output import emit
 
 
+def phased_bar(label: str):
+    """One tqdm bar per phase (pruning steps, fine-tuning, from scratch): a new bar whenever the count restarts."""
+    from pipeline.cli.output import progress_bar
+
+    state: dict = {"n": None, "i": 0}
+
+    def update(i: int, n: int, what: str) -> None:
+        if state["n"] != n or i < state["i"]:
+            state["bar"] = progress_bar(label, "step", leave=False)
+        state["n"], state["i"] = n, i
+        state["bar"](i, n, what)
+
+    return update
+
+
 def compress_text(d: dict) -> str:
     if d["method"] == "deep-compression":
         s = d["storage"]
@@ -55,8 +70,7 @@ def compress(run, method, bits, sparsity, index_bits, latency, target, finetune_
         if latency is None or data is None:
             raise click.UsageError("--method prune needs --latency and --data")
         from pipeline.analysis.prune import PruneOptions, prune_run
-        from pipeline.cli.output import progress_bar
 
         opts = PruneOptions(latency=latency, target=target, finetune_epochs=finetune_epochs)
-        result = prune_run(run, data, options=opts, out_dir=out, progress=progress_bar("prune", "step", leave=False))
+        result = prune_run(run, data, options=opts, out_dir=out, progress=phased_bar("prune"))
     emit(result, as_json, compress_text)
