@@ -79,6 +79,19 @@ def test_huffman_round_trip_and_canonical_codes():
     assert np.array_equal(dc.huffman_decode(data, nbits, symbols.size, codes), symbols)
     assert codes[0][1] == 1 and nbits < 3 * symbols.size  # the frequent symbol gets one bit, total beats 3 bits/sym
     assert dc.huffman_lengths({7: 10}) == {7: 1}
+    with pytest.raises(DeployError, match="corrupt"):
+        dc.huffman_decode(data, nbits + 8, symbols.size, codes)
+
+
+def test_huffman_long_codes_decode_bit_by_bit():
+    fib = [1, 1]
+    while len(fib) < 26:
+        fib.append(fib[-1] + fib[-2])
+    codes = dc.canonical_codes(dc.huffman_lengths(dict(enumerate(fib))))
+    assert max(ln for _, ln in codes.values()) > 20  # beyond the lookup table: the fallback path
+    symbols = np.array([0, 1, 25, 24, 2, 0, 13])
+    data, nbits = dc.huffman_encode(symbols, codes)
+    assert np.array_equal(dc.huffman_decode(data, nbits, symbols.size, codes), symbols)
 
 
 def test_bad_requests():

@@ -120,20 +120,49 @@ def huffman_encode(symbols: np.ndarray, codes: dict[int, tuple[int, int]]) -> tu
 
 
 def huffman_decode(data: bytes, nbits: int, count: int, codes: dict[int, tuple[int, int]]) -> np.ndarray:
-    """Decode `count` symbols from the first `nbits` bits."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:nbits]
-    lookup = {(ln, c): s for s, (c, ln) in codes.items()}
+    """Decode `count` symbols from the first `nbits` bits.
+
+    Table-driven: the next `max_len` bits, read as an integer, index a table of (symbol, length), so
+    the Python loop runs once per symbol, not once per bit. Codes longer than 20 bits (very skewed
+    streams) fall back to bit-by-bit decoding.
+    """
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:nbits].astype(np.int64)
+    if bits.size != nbits:
+        raise CompressError(f"Huffman stream is shorter than its {nbits} bits: corrupt")
+    max_len = max((ln for _, ln in codes.values()), default=1)
     out = np.empty(count, dtype=np.int64)
-    pos, acc, ln, i = 0, 0, 0, 0
-    while i < count:
-        acc = (acc << 1) | int(bits[pos])
-        pos += 1
-        ln += 1
-        sym = lookup.get((ln, acc))
-        if sym is not None:
-            out[i] = sym
-            i += 1
-            acc = ln = 0
+    if max_len <= 20:
+        sym_of = np.full(1 << max_len, -1, dtype=np.int64)
+        len_of = np.zeros(1 << max_len, dtype=np.int64)
+        for sym, (code, ln) in codes.items():
+            lo = code << (max_len - ln)
+            sym_of[lo:lo + (1 << (max_len - ln))] = sym
+            len_of[lo:lo + (1 << (max_len - ln))] = ln
+        padded = np.concatenate([bits, np.zeros(max_len, dtype=np.int64)])
+        window = np.zeros(nbits + 1, dtype=np.int64)
+        for k in range(max_len):
+            window = (window << 1) | padded[k:k + nbits + 1]
+        pos = 0
+        for i in range(count):
+            w = int(window[pos])
+            if sym_of[w] < 0 or pos >= nbits:
+                raise CompressError("Huffman stream holds an invalid code: corrupt")
+            out[i] = sym_of[w]
+            pos += int(len_of[w])
+    else:
+        lookup = {(ln, c): s for s, (c, ln) in codes.items()}
+        pos, acc, ln, i = 0, 0, 0, 0
+        while i < count:
+            if pos >= nbits:
+                raise CompressError("Huffman stream ended early: corrupt")
+            acc = (acc << 1) | int(bits[pos])
+            pos += 1
+            ln += 1
+            sym = lookup.get((ln, acc))
+            if sym is not None:
+                out[i] = sym
+                i += 1
+                acc = ln = 0
     if pos != nbits:
         raise CompressError(f"Huffman stream has {nbits - pos} trailing bits: corrupt")
     return out
