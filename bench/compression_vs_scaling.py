@@ -80,13 +80,23 @@ def dc_bytes(model) -> int:
     return compress_state(state_numpy(model), sparsity=0.9, bits=5).storage.to_dict()["compressed_bytes"]
 
 
-def grid_latencies(b: Bench, phis: list[float]) -> dict[float, float]:
-    out = {}
+def grid_latencies(b: Bench, phis: list[float], passes: int = 2) -> dict[float, float]:
+    """Each φ timed in `passes` interleaved passes over the grid; the lower judged p50 is kept.
+
+    On a shared machine a burst from another process can multiply one round's p50 (seen: 10x); taking
+    the lower of two separate measurements keeps such a burst from deciding the scaled pick.
+    """
+    paths = {}
     for phi in phis:
         model = initialize(build(FAMILY, resolve_scale(phi=phi), num_classes=10), seed=0)
-        path = b.work / f"grid{phi:g}.onnx"
-        export_onnx(model, path, resolution=RES, exporter="torchscript", opset=17)
-        out[phi] = b.latency(path)["ms"]
+        paths[phi] = b.work / f"grid{phi:g}.onnx"
+        export_onnx(model, paths[phi], resolution=RES, exporter="torchscript", opset=17)
+    out: dict[float, float] = {}
+    for _ in range(passes):
+        for phi in phis:
+            ms = b.latency(paths[phi])["ms"]
+            out[phi] = min(out.get(phi, ms), ms)
+    for phi in phis:
         print(f"  φ={phi:g}: {out[phi]:.3f} ms", flush=True)
     return out
 
@@ -106,11 +116,11 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--budgets", default="0.45,0.7", help="fractions of the φ=0 model's measured latency")
+    ap.add_argument("--budgets", default="0.55,0.75", help="fractions of the φ=0 model's measured latency")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--epochs", type=int, default=3, help="E: training epochs of the large model")
     ap.add_argument("--finetune", type=int, default=1, help="F: fine-tuning epochs after pruning")
-    ap.add_argument("--phis", default="-3,-2.5,-2,-1.5,-1,-0.5,0")
+    ap.add_argument("--phis", default="-4,-3,-2.5,-2,-1.5,-1,-0.5,0")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -21,14 +21,23 @@ from pipeline.models import build
 from pipeline.predict.targets import load_target
 from pipeline.train.trainer import save_checkpoint
 
-RES = 40
+RES = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine thrashes with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     ds = load_dataset("builtin:digits")
-    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:12] for c in range(10)])
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:8] for c in range(10)])
     data = root / "d.npz"
     np.savez(data, x=ds.images(idx)[..., 0].astype(np.uint8), y=ds.labels[idx])
     torch.manual_seed(0)
@@ -44,7 +53,8 @@ def run(tmp_path_factory):
 def test_prune_to_a_measured_budget(run):
     root, data, base = run
     budget = 0.8 * base
-    opts = PruneOptions(latency=budget, threads=1, finetune_epochs=1, step=0.15, timing=tiny_timing(), noise_margin=0.1)
+    opts = PruneOptions(latency=budget, threads=1, finetune_epochs=1, step=0.2, timing=tiny_timing(), noise_margin=0.1,
+                        opset=17)  # TorchScript exporter: the dynamo one is covered by tests/test_export.py
     r = prune_run(root / "run", data, options=opts, out_dir=root / "out")
     p = r["pruned"]
     assert r["channels_shrank"] and p["conv_channels"] < r["original"]["conv_channels"]

@@ -16,6 +16,15 @@ from pipeline.models import build
 from pipeline.train.trainer import save_checkpoint
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine thrashes with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Checkpoints of φ=−6 and φ=−4 (seeded PyTorch init, 16 px) and 200 digits: what a run holds, in a second.

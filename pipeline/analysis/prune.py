@@ -8,10 +8,11 @@ classifier is kept whole.
 
 The loop removes a further `step` of every prunable layer's channels, exports, and times the file on the
 target (`measure/device.py`, the `fit` timing rows: the slowest round's p50 is judged, and a measurement
-within `noise_margin` of the budget counts as over, as in `deploy fit`). When it fits, the pruned network
-is fine-tuned; as the control of Liu et al. 2019 ("Rethinking the Value of Network Pruning"), the *same
-pruned architecture* is also trained from scratch for as many epochs as the pruned model has seen in all
-(the run's training plus fine-tuning). The fine-tuned model is exported with the usual parity check and
+within `noise_margin` of the budget counts as over, as in `deploy fit`; a step measured over is timed once
+more and the lower value kept, both recorded, so a burst from another process does not over-prune). When it
+fits, the pruned network is fine-tuned; as the control of Liu et al. 2019 ("Rethinking the Value of Network
+Pruning"), the *same pruned architecture* is also trained from scratch for as many epochs as the pruned model
+has seen in all (the run's training plus fine-tuning). The fine-tuned model is exported with the usual parity check and
 timed again on its own, so the reported latency is of the file that ships.
 """
 
@@ -51,6 +52,7 @@ class PruneOptions:
     batch_size: int = 64
     seed: int = 0
     timing: object = "fit"  # a name in measure/settings.py TIMING, or a TimingSettings
+    opset: int | None = None  # None: the highest the target's runtime parses (capped at the default), as fit
 
     def budget_ms(self) -> float:
         from pipeline.core.units import parse_duration_ms
@@ -95,6 +97,7 @@ class _Timer:
     """Exports a model and times it on the target; every call is one measured record."""
 
     def __init__(self, opts: PruneOptions, resolution: int, work: Path):
+        from pipeline.export.onnx import DEFAULT_OPSET
         from pipeline.measure.device import LocalDevice
         from pipeline.predict.targets import load_target
 
@@ -103,6 +106,7 @@ class _Timer:
             raise DeployError(f"pruning to a latency needs a target edgefit can time here; {target.name} is not "
                               "measurable (use --target host)")
         self.device = LocalDevice(target, threads=opts.threads)
+        self.opset = opts.opset or min(DEFAULT_OPSET, target.max_onnx_opset)  # what the target parses, as fit
         self.settings = _settings(opts.timing)
         self.resolution, self.work, self.n = resolution, work, 0
 
@@ -115,19 +119,35 @@ class _Timer:
 
         if fast:
             try:
-                export_onnx(model.eval(), path, resolution=self.resolution, exporter="torchscript", opset=17)
+                export_onnx(model.eval(), path, resolution=self.resolution, exporter="torchscript",
+                            opset=min(17, self.opset))
                 return path
             except DeployError:
                 pass  # no TorchScript exporter in this torch: fall back to the default one
-        export_onnx(model.eval(), path, resolution=self.resolution)
+        export_onnx(model.eval(), path, resolution=self.resolution, opset=self.opset)
         return path
 
-    def __call__(self, model, fast: bool = True) -> tuple[dict, Path]:
+    def measure(self, path: Path, limit: float | None = None) -> dict:
+        """Time `path`; when it is over `limit`, time it once more and keep the lower of the two.
+
+        On a shared machine a burst from another process can multiply one round's p50; a second,
+        separate measurement keeps such a burst from pruning (or failing) a model that fits. Both
+        values are recorded.
+        """
+        m = self.device.measure(path, self.settings, memory=False)
+        rec = {"p50_ms": round(m.latency.p50_ms, 4), "judged_ms": round(judged_ms(m), 4),
+               "p90_ms": round(m.latency.p90_ms, 4), **m.provenance()}
+        if limit is not None and rec["judged_ms"] > limit:
+            again = self.measure(path)
+            tried = [rec["judged_ms"], again["judged_ms"]]
+            rec = min(rec, again, key=lambda r: r["judged_ms"])
+            rec["attempts_ms"] = tried
+        return rec
+
+    def __call__(self, model, fast: bool = True, limit: float | None = None) -> tuple[dict, Path]:
         self.n += 1
         path = self.export(model, self.work / f"step{self.n}.onnx", fast=fast)
-        m = self.device.measure(path, self.settings, memory=False)
-        return {"p50_ms": round(m.latency.p50_ms, 4), "judged_ms": round(judged_ms(m), 4),
-                "p90_ms": round(m.latency.p90_ms, 4), **m.provenance()}, path
+        return self.measure(path, limit), path
 
 
 # ---------------------------------------------------------------- training an arbitrary (pruned) module
@@ -211,7 +231,7 @@ def prune_to_latency(model, budget_ms: float, timer: _Timer, opts: PruneOptions,
         with torch.no_grad():
             pruner.step()
         macs, params = count_macs(model, timer.resolution)
-        lat, _ = timer(model)
+        lat, _ = timer(model, limit=limit)
         rec = {"step": i, "channel_ratio": round(min(i * opts.step, opts.max_ratio), 4), "macs": macs,
                "params": params, "latency": lat, "fits": lat["judged_ms"] <= limit}
         records.append(rec)
@@ -269,10 +289,10 @@ def prune_run(run: str | Path, data: str | Path, *, options: PruneOptions, out_d
         rep = parity(model, onnx_path, n=8, seed=0)
         if not rep:
             raise ExportError(f"the pruned model's ONNX disagrees with PyTorch: {rep.to_dict()}")
-        final = timer.device.measure(onnx_path, timer.settings, memory=False)
+        final = timer.measure(onnx_path, limit=budget)
     torch.save(model, out / "pruned.pt")
     torch.save(scratch, out / "scratch.pt")
-    final_ms = judged_ms(final)
+    final_ms = final["judged_ms"]
     channels = conv_channels(onnx_path)
     result = {
         "method": "prune", "run": str(run), "family": ckpt.family, "scale": ckpt.scale.to_dict(), "resolution": res,
@@ -286,8 +306,7 @@ def prune_run(run: str | Path, data: str | Path, *, options: PruneOptions, out_d
                    "channel_ratio": steps[-1]["channel_ratio"], "conv_channels": sum(channels),
                    "conv_channels_per_layer": channels, "onnx_bytes": onnx_path.stat().st_size,
                    "val_accuracy_before_finetune": pruned_acc, "finetune": finetune,
-                   "latency": {"p50_ms": round(final.latency.p50_ms, 4), "judged_ms": round(final_ms, 4),
-                               "p90_ms": round(final.latency.p90_ms, 4), **final.provenance()},
+                   "latency": final,
                    "fits": final_ms <= budget, "parity": rep.to_dict()},
         "scratch": {**control, "note": "same pruned architecture, re-initialised and trained from scratch "
                                       "(Liu et al. 2019 control)"},
