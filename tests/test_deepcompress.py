@@ -122,19 +122,25 @@ def test_cli_deep_compression_on_a_run(tmp_path):
     save_checkpoint(tmp_path / "run" / "checkpoint.pt", model, load_dataset(data).default_preprocess(16),
                     [str(c) for c in range(10)], None)
     res = CliRunner().invoke(cli, ["compress", str(tmp_path / "run"), "--method", "deep-compression", "--bits", "4",
-                                   "--sparsity", "0.8", "--data", str(data), "--json"])
+                                   "--sparsity", "0.8", "--data", str(data), "--finetune-epochs", "1", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["decompression_exact"] is True and d["ratio"] > 3 and d["bits"] == 4
     assert d["storage"]["compressed_bytes"] < d["storage"]["original_bytes"]
     assert "not dense-runtime latency" in d["latency_note"]
     assert 0 <= d["accuracy"]["compressed"] <= 1 and d["accuracy"]["samples"] == 20
+    assert d["finetune_epochs"] == 1 and "retrained 1 epoch" in d["accuracy"]["note"]
+    # retraining kept the pruned weights at zero: exactly 20 % of every Conv/Linear weight survives
+    assert all(abs(x["kept"] / x["weights"] - 0.2) < 0.5 / x["weights"] + 1e-9 for x in d["layers"])
     out = tmp_path / "run" / "compress-deep-compression"
     assert json.loads((out / "compression.json").read_text())["ratio"] == d["ratio"]
     assert (out / "deepcompressed.npz").stat().st_size < d["storage"]["original_bytes"]
     assert "not dense-runtime latency" in (out / "report.md").read_text()
     res = CliRunner().invoke(cli, ["compress", str(tmp_path / "run"), "--method", "prune"])
     assert res.exit_code == 2 and "--latency" in res.output
+    res = CliRunner().invoke(cli, ["compress", str(tmp_path / "run"), "--method", "deep-compression",
+                                   "--finetune-epochs", "1", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "needs --data" in res.output
 
 
 def test_per_tensor_sparsity_and_recompressing_shared_weights():

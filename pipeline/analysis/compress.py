@@ -55,33 +55,69 @@ def save_compressed(c: Compressed, path: Path) -> Path:
     return path
 
 
+def retrain_pruned(model, data, preprocess, sparsity: float, epochs: int, progress=None) -> dict[str, float]:
+    """Han et al.'s step 1: prune by magnitude, then retrain with the pruned weights held at zero.
+
+    Returns the per-tensor sparsity actually applied (what `compress_state` must keep).
+    """
+    import torch
+
+    from pipeline.analysis.deepcompress import compressible, magnitude_mask
+    from pipeline.analysis.prune import train_module
+
+    params = dict(model.named_parameters())
+    masks = {k: torch.from_numpy(magnitude_mask(p.detach().numpy(), sparsity)) for k, p in params.items()
+             if compressible(k, p.detach().numpy())}
+
+    def apply() -> None:
+        with torch.no_grad():
+            for k, m in masks.items():
+                params[k].mul_(m)
+
+    apply()
+    train_module(model, data, data.split(), preprocess, epochs=epochs, lr=2e-3, batch_size=64, seed=0,
+                 progress=progress, label="retrain", after_step=apply)
+    return {k: 1 - float(m.sum()) / m.numel() for k, m in masks.items()}
+
+
 def deep_compress_run(run: str | Path, *, sparsity: float = 0.9, bits: int = 5, index_bits: int = 5,
-                      data: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
-    """Compress a run's checkpoint; verify decompression is exact; with data, top-1 before and after."""
+                      data: str | Path | None = None, finetune_epochs: int = 0, out_dir: str | Path | None = None,
+                      progress=None) -> dict:
+    """Compress a run's checkpoint; verify decompression is exact; with data, top-1 before and after.
+
+    With `finetune_epochs` (needs data) the pruned network is retrained with its masks before weight
+    sharing, as Han et al. do; without, the trained weights are pruned and shared as they are.
+    """
     from pipeline.data.datasets import load_dataset
     from pipeline.train.trainer import load_checkpoint
 
+    if finetune_epochs and data is None:
+        raise DeployError("deep compression with --finetune-epochs needs --data to retrain on")
     ckpt = load_checkpoint(run)
     model = ckpt.model()
-    original = state_numpy(model)
-    c = compress_state(original, sparsity=sparsity, bits=bits, index_bits=index_bits)
+    ds = load_dataset(data) if data is not None else None
+    before = accuracy(model, ds, ds.split().val, ckpt.preprocess) if ds is not None else None
+    per_tensor: float | dict = sparsity
+    if finetune_epochs:
+        per_tensor = retrain_pruned(model, ds, ckpt.preprocess, sparsity, finetune_epochs, progress)
+    c = compress_state(state_numpy(model), sparsity=per_tensor, bits=bits, index_bits=index_bits)
     shared, restored = shared_state(c), decompress(c)
     exact = all(np.array_equal(shared[k], restored[k]) for k in shared)
     if not exact:
         raise DeployError("deep compression: decompressed weights differ from the shared-weight model (a bug)")
     result = {"method": "deep-compression", "run": str(run), "family": ckpt.family, "scale": ckpt.scale.to_dict(),
-              "sparsity": sparsity, "bits": bits, "index_bits": index_bits, "storage": c.storage.to_dict(),
+              "sparsity": sparsity, "bits": bits, "index_bits": index_bits, "finetune_epochs": finetune_epochs,
+              "storage": c.storage.to_dict(),
               "ratio": round(c.storage.ratio, 3), "decompression_exact": exact, "layers": c.layers,
               "accuracy": None, "latency_note": STORAGE_NOTE, "artifacts": {}}
-    if data is not None:
-        ds = load_dataset(data)
+    if ds is not None:
         val = ds.split().val
-        before = accuracy(model, ds, val, ckpt.preprocess)
         load_state(model, restored)
         after = accuracy(model, ds, val, ckpt.preprocess)
+        note = (f"pruned, retrained {finetune_epochs} epoch(s) with the masks, then k-means shared" if finetune_epochs
+                else "no retraining: pruning and k-means are applied to the trained weights")
         result["accuracy"] = {"dataset": ds.name, "split": "val", "samples": int(len(val)),
-                              "original": round(before, 4), "compressed": round(after, 4),
-                              "note": "no retraining: pruning and k-means are applied to the trained weights"}
+                              "original": round(before, 4), "compressed": round(after, 4), "note": note}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -256,7 +256,8 @@ class Compressed:
     layers: list[dict] = field(default_factory=list)
 
 
-def _compressible(name: str, arr: np.ndarray) -> bool:
+def compressible(name: str, arr: np.ndarray) -> bool:
+    """Conv and Linear weights (floating, at least 2-D): what deep compression prunes and shares."""
     return arr.ndim >= 2 and np.issubdtype(arr.dtype, np.floating) and name.endswith("weight")
 
 
@@ -274,7 +275,7 @@ def compress_state(state: dict[str, np.ndarray], *, sparsity: float | dict[str, 
     original = sum(a.size * a.dtype.itemsize * 8 for a in state.values())
     tensors, dense = [], {}
     for name, arr in state.items():
-        if _compressible(name, arr):
+        if compressible(name, arr):
             if isinstance(sparsity, dict) and name not in sparsity:
                 raise CompressError(f"no sparsity given for {name}; a per-tensor mapping must name every weight")
             sp = sparsity[name] if isinstance(sparsity, dict) else sparsity

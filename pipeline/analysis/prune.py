@@ -152,8 +152,12 @@ class _Timer:
 
 # ---------------------------------------------------------------- training an arbitrary (pruned) module
 def train_module(model, data, split, preprocess, *, epochs: int, lr: float, batch_size: int, seed: int,
-                 progress: Progress | None = None, label: str = "train") -> dict:
-    """AdamW + one-cycle cosine, label smoothing 0.1 (the trainer's recipe); keeps the best validation epoch."""
+                 progress: Progress | None = None, label: str = "train",
+                 after_step: Callable[[], None] | None = None) -> dict:
+    """AdamW + one-cycle cosine, label smoothing 0.1 (the trainer's recipe); keeps the best validation epoch.
+
+    `after_step` runs after every optimiser step (deep compression re-applies its pruning masks there).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -183,6 +187,8 @@ def train_module(model, data, split, preprocess, *, epochs: int, lr: float, batc
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step()
             step += 1
             if progress:
                 progress(step, total, f"{label} epoch {epoch}/{epochs} loss {loss.item():.3f}")

@@ -53,8 +53,9 @@ def compress_text(d: dict) -> str:
               help="deep-compression: bits per relative sparse index (Han et al.: 5 for FC, 8 for conv).")
 @click.option("--latency", default=None, help="prune: the latency budget the pruned model must fit, e.g. 3ms.")
 @click.option("--target", default="host", show_default=True, help="prune: a measurable target.")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True,
-              help="prune: epochs of fine-tuning, and of training the from-scratch control (x the same).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=None,
+              help="prune: epochs of fine-tuning after pruning (default 3); deep-compression: epochs of retraining "
+                   "the pruned weights before sharing, as Han et al. (default 0: none; needs --data).")
 @click.option("--data", default=None, help="Dataset: accuracy before/after; prune: required (fine-tuning).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default RUN/compress-<method>).")
@@ -62,10 +63,13 @@ def compress_text(d: dict) -> str:
 def compress(run, method, bits, sparsity, index_bits, latency, target, finetune_epochs, data, out, as_json):
     """Compress a trained run (RUN holds checkpoint.pt): deep compression or pruning to a measured latency."""
     out = out or run / f"compress-{method}"
+    finetune_epochs_dc = finetune_epochs or 0
+    finetune_epochs = 3 if finetune_epochs is None else finetune_epochs
     if method == "deep-compression":
         from pipeline.analysis.compress import deep_compress_run
 
-        result = deep_compress_run(run, sparsity=sparsity, bits=bits, index_bits=index_bits, data=data, out_dir=out)
+        result = deep_compress_run(run, sparsity=sparsity, bits=bits, index_bits=index_bits, data=data,
+                                   finetune_epochs=finetune_epochs_dc, out_dir=out, progress=phased_bar("retrain"))
     else:
         if latency is None or data is None:
             raise click.UsageError("--method prune needs --latency and --data")
