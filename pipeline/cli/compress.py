@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import json_option
+from pipeline.cli.options import FRACTION, json_option
 from pipeline.cli.output import emit
 
 
@@ -48,7 +48,7 @@ def compress_text(d: dict) -> str:
 @click.option("--bits", type=click.IntRange(1, 16), default=5, show_default=True,
               help="deep-compression: bits per shared-weight index (2^bits - 1 shared values + zero).")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=0.9, show_default=True,
-              help="deep-compression: fraction of each Conv/Linear weight pruned by magnitude.")
+              help=f"deep-compression: the share of each Conv/Linear weight pruned by magnitude ({FRACTION}).")
 @click.option("--index-bits", type=click.IntRange(1, 16), default=5, show_default=True,
               help="deep-compression: bits per relative sparse index (Han et al.: 5 for FC, 8 for conv).")
 @click.option("--latency", default=None, help="prune: the latency budget the pruned model must fit, e.g. 3ms.")
