@@ -13,17 +13,20 @@ from pipeline import __version__
 from pipeline.cli.agent import agent
 from pipeline.cli.build import build
 from pipeline.cli.calibrate import calibrate
+from pipeline.cli.compress import compress
 from pipeline.cli.describe import describe
 from pipeline.cli.device_script import device_script
 from pipeline.cli.edge import EdgeGroup
 from pipeline.cli.fit import fit
 from pipeline.cli.package import package
 from pipeline.cli.predict import predict
+from pipeline.cli.similarity import similarity
 from pipeline.cli.targets import targets
 from pipeline.cli.train import train
 from pipeline.cli.verify import verify
 
-COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, package, device_script, agent)
+COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, package, device_script, agent,
+            similarity, compress)
 
 
 @click.group(cls=EdgeGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
