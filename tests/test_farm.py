@@ -71,9 +71,9 @@ def test_fit_on_a_farm_names_the_agent_that_measured(tmp_path, host_profile):
         token.write_text(TOKEN + "\n")
         urls = [f"http://127.0.0.1:{a.port}", f"http://127.0.0.1:{b.port}"]
         r = CliRunner().invoke(cli, ["fit", "--target", "host", "--latency", "1000ms", "--threads", "1", "--out",
-                                     str(tmp_path / "run"), "--family", "resnet18", "--phi-min", "-10", "--phi-max", "-9.9",
-                                     "--agent-token-file", str(token), "--agent", urls[0], "--agent", urls[1],
-                                     "--json"])
+                                     str(tmp_path / "run"), "--family", "resnet18", "--phi-min", "-10",
+                                     "--phi-max", "-9.9", "--agent-token-file", str(token), "--agent", urls[0],
+                                     "--agent", urls[1], "--json"])
     assert r.exit_code == 0, r.output
     measured = json.loads(r.stdout)["measured"]
     assert measured["agent"] in urls and measured["agent"] in measured["device"]
