@@ -16,7 +16,7 @@ from pipeline.cli import cli
 from pipeline.core.scaling import resolve_scale
 from pipeline.data.datasets import batches, load_dataset
 from pipeline.models import build
-from pipeline.train.distributed import DistContext, data_parallel, rank_seed, shard
+from pipeline.train.ddp import DistContext, data_parallel, rank_seed, shard
 from pipeline.train.trainer import init_for_training, load_checkpoint
 
 PER_RANK = 8

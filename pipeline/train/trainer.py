@@ -53,7 +53,7 @@ from pipeline.data.datasets import (
 )
 from pipeline.models import ScalableNet, build, check_family
 from pipeline.models.weights import load_weights, read_torch_file
-from pipeline.train.distributed import DistContext, data_parallel, plain_batchnorm, rank_seed, shard
+from pipeline.train.ddp import DistContext, data_parallel, plain_batchnorm, rank_seed, shard
 
 CHECKPOINT_FORMAT = "edgefit-checkpoint"
 CHECKPOINT_VERSION = 1
