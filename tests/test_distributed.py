@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -80,7 +81,14 @@ def test_two_processes_give_the_gradients_of_one_with_the_global_batch(tmp_path)
     import torch.multiprocessing as mp
 
     out = tmp_path / "grads.npz"
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="fork")
+    # spawn, not fork: forking a process whose other threads (thread pools, test servers) hold locks can hang
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.monotonic() + 300  # a hung collective fails the test instead of stalling the suite
+    while not ctx.join(timeout=max(1.0, deadline - time.monotonic())):  # False until every worker has exited
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the two gloo workers did not finish within 300 s")
     ddp = dict(np.load(out))
     single = _model()
     _, x, y = _first_batch(_epoch_order(), PER_RANK * WORLD)
