@@ -8,7 +8,6 @@ import click
 
 from pipeline.cli.options import (
     agent_options,
-    family_option,
     fraction_option,
     json_option,
     percent_option,
@@ -19,6 +18,7 @@ from pipeline.cli.options import (
 )
 from pipeline.cli.output import emit, log, progress_bar
 from pipeline.cli.render import si, table
+from pipeline.core.names import FAMILY_NAMES
 from pipeline.core.units import Duration, Size
 
 
@@ -45,7 +45,8 @@ def fit_text(d: dict) -> str:
 @click.option("--target", "target_name", required=True, help="Target device (see `deploy targets`).")
 @click.option("--latency", type=Duration(), default=None, help="Latency budget, e.g. 20ms, 500us, 0.1s.")
 @click.option("--memory", type=Size(), default=None, help="Peak memory budget, e.g. 256MB, 1GiB.")
-@family_option
+@click.option("--family", type=click.Choice(FAMILY_NAMES), default="efficientnet", show_default=True,
+              help="Model family.")
 @precision_option()
 @click.option("--percentile", type=click.Choice(["50", "90", "99"]), default="50", show_default=True,
               help="Latency statistic the budget applies to.")

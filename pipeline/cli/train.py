@@ -65,10 +65,11 @@ def _renamed_device(ctx: click.Context, param: click.Parameter, value: str | Non
 def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, data, epochs, batch_size,
           lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, as_json):
     """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
-    from pipeline.core.scaling import resolve_scale
+    from pipeline.core.scaling import family_for, resolve_scale
     from pipeline.train.trainer import TrainOptions
     from pipeline.train.trainer import train as run
 
+    family = family_for(family, preset)
     scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling_from(alpha, beta, gamma))
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
                         init_from=init_from, teacher=teacher, temperature=temperature, alpha_kd=alpha_kd,

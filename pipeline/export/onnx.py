@@ -48,6 +48,7 @@ import torch
 from pipeline.core.compare import TOLERANCES, compare_logits, tolerance
 from pipeline.core.errors import ExportError, ModelInvalid, UnknownName
 from pipeline.core.io import atomic_writer
+from pipeline.models.base import torch_threads
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
@@ -282,7 +283,7 @@ def export_onnx(
     model.eval()
     try:
         example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
-        with _quiet() as printed, torch.no_grad():
+        with _quiet() as printed, torch.no_grad(), torch_threads(1):
             try:
                 proto = _export_proto(model, example, exporter, opset, dynamic_batch, input_name, output_name)
             except ExportError:
@@ -448,7 +449,7 @@ def parity(
     model.eval()
     ref, got = [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(threads):  # batch 1: more threads only wait on each other
             for x in batch:
                 x1 = x[None]
                 ref.append(model(torch.from_numpy(x1)).float().numpy().reshape(1, -1))

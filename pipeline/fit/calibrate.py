@@ -43,6 +43,7 @@ class SuiteEntry:
 _ONE_DIM = [(0, 0, -2), (0, 0, 2), (0, -2, 0), (0, 2, 0), (-2, 0, 0), (2, 0, 0)]
 FULL_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry("efficientnet", p) for p in (-3, -2, -1, 0, 1, 2)),
+    *(SuiteEntry("efficientnet-lite", p) for p in (-2, -1, 0, 1, 2)),
     *(SuiteEntry("mobilenetv2", p) for p in (-2, -1, 0, 1, 2)),
     *(SuiteEntry("resnet18", p) for p in (-3, -2, -1, 0, 1)),
     *(SuiteEntry("resnet50", p) for p in (-3, -2, -1, 0)),
@@ -51,6 +52,7 @@ FULL_SUITE: tuple[SuiteEntry, ...] = (
 QUICK_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry(f, p) for f in ("efficientnet", "mobilenetv2", "resnet18") for p in (-2, 0)),
     SuiteEntry("resnet50", -2),
+    SuiteEntry("efficientnet-lite", -1),
     SuiteEntry("efficientnet", dims=(0, 0, 2)),
     SuiteEntry("efficientnet", dims=(0, 2, 0)),
     SuiteEntry("efficientnet", dims=(2, 0, 0)),

@@ -7,16 +7,18 @@ from torch import nn
 
 from pipeline.core.errors import FamilyNotFound
 from pipeline.core.scaling import Scale
-from pipeline.models.base import ScalableNet, StageSpec
+from pipeline.models.base import ScalableNet, StageSpec, torch_threads
 from pipeline.models.efficientnet import EfficientNet
+from pipeline.models.efficientnet_lite import EfficientNetLite
 from pipeline.models.mobilenetv2 import MobileNetV2
 from pipeline.models.resnet import ResNet18, ResNet34, ResNet50
 
 FAMILIES: dict[str, type[ScalableNet]] = {
-    cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet34, ResNet50)
+    cls.family: cls for cls in (EfficientNet, EfficientNetLite, MobileNetV2, ResNet18, ResNet34, ResNet50)
 }
 
-__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family", "signature"]
+__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family", "signature",
+           "torch_threads"]
 
 
 def check_family(family: str) -> str:
@@ -51,7 +53,7 @@ def initialize(model: ScalableNet, seed: int = 0, calibration_batches: int = 1, 
     BatchNorm's running statistics from a few seeded random batches (a data-free
     "BN recalibration"), which normalises each layer like a trained network would.
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
         torch.manual_seed(seed)
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
