@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pipeline.core.scaling import CompoundScaling, Scale, family_for, resolve_scale
-from pipeline.cost.trace import model_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.models import build, check_family
 
 
 def describe_scale(family: str, scale: Scale, num_classes: int = 1000) -> dict:
     """The describe record (DESIGN keys) for ``family`` at ``scale``."""
-    model = build(check_family(family), scale, num_classes, device="meta")
-    cost = model_cost(model)
+    model = build(check_family(family), scale, num_classes, device="meta")  # for its stage table; nothing runs
+    cost = scale_cost(family, scale, num_classes)
     by_stage = {row["stage"]: row for row in cost.stage_table()}
     stages = [
         {"stage": s.name, "blocks": s.blocks, "channels": s.channels,

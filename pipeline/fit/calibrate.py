@@ -19,7 +19,6 @@ from pipeline.core.errors import BackendUnavailable
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.settings import TimingSettings, timing
-from pipeline.models import build, initialize
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
 
@@ -66,8 +65,9 @@ QUICK_TIMING: TimingSettings = timing("calibrate-quick")
 def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precision: str = "fp32",
                  opset: int | None = None) -> dict:
     """Export one suite model to ``path`` (int8: quantized); its scale and static cost (a record without timings)."""
-    from pipeline.cost.trace import model_cost
+    from pipeline.cost.plan import scale_cost
     from pipeline.export.onnx import export_onnx
+    from pipeline.models import build, initialize
 
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
@@ -75,8 +75,8 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
     if precision == "int8":
         from pipeline.fit.steps import quantize_candidate
 
-        quantize_candidate(path, path, "percentile")
-    cost = model_cost(model)
+        quantize_candidate(path, path, family=entry.family)
+    cost = scale_cost(entry.family, scale, num_classes)
     return {"kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
             "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
             "resolution": scale.resolution, "num_classes": num_classes, "params": cost.params, "macs": cost.macs}

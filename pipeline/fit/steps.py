@@ -28,12 +28,15 @@ def num_classes_of(spec: str | None, default: int = 1000) -> int:
     return len(load_dataset(spec).classes)
 
 
-def quantize_candidate(fp32: Path, out: Path, method: str) -> Path:
-    """INT8 copy of a candidate for timing only (random calibration; scales do not change speed)."""
+def quantize_candidate(fp32: Path, out: Path, method: str | None = None, family: str | None = None) -> Path:
+    """INT8 copy of a candidate for timing only (random calibration; scales do not change speed).
+
+    ``family`` applies its tuning (which ops stay float changes speed); ``method`` None: the family's.
+    """
     from pipeline.export.quantize import quantize_onnx
 
     x = np.random.default_rng(0).standard_normal(_input_shape(fp32, CANDIDATE_CALIBRATION)).astype(np.float32)
-    quantize_onnx(fp32, out, x, method=method)
+    quantize_onnx(fp32, out, x, family=family, **({"method": method} if method else {}))
     return out
 
 
@@ -73,7 +76,7 @@ def default_preprocess(spec: str, resolution: int):
 
 
 def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOptions, opts: Int8Options,
-              trained: bool, log: Callable[[str], None]) -> dict:
+              trained: bool, log: Callable[[str], None], family: str | None = None) -> dict:
     """Quantize ``fp32`` into ``run/model.onnx`` with the run's calibration set, and gate its accuracy."""
     from pipeline.export.quantize import (
         calibration_batches,
@@ -86,8 +89,8 @@ def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOpti
     spec = opts.calibration_spec(data)
     pp = preprocess or default_preprocess(spec, resolution)
     calib = calibration_batches(spec, pp, opts.calibration_samples)
-    q = quantize_onnx(fp32, run / "model.onnx", calib, method=opts.calibration_method,
-                      exclude_nodes=opts.exclude)
+    method = {"method": opts.calibration_method} if opts.calibration_method else {}
+    q = quantize_onnx(fp32, run / "model.onnx", calib, exclude_nodes=opts.exclude, family=family, **method)
     x, y = validation_set(spec, pp)
     gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y if trained else None, opts.max_drop_pp,
                               raise_on_failure=False)

@@ -47,6 +47,8 @@ class DeviceMeasurement:
     model_sha256: str
     memory_method: str | None = None
     facts: dict = field(default_factory=dict)
+    # the reference model (pipeline.measure.reference) timed after each round of this one, when asked for
+    reference: Timing | None = None
 
     @property
     def method(self) -> str:
@@ -63,6 +65,8 @@ class Device(abc.ABC):
     """Somewhere a model can be timed: this machine, or a remote device behind an agent."""
 
     name: str
+    # whether ``measure(..., reference=True)`` can time the reference model next to the real one
+    supports_reference: bool = False
 
     @abc.abstractmethod
     def facts(self) -> dict:
@@ -70,8 +74,9 @@ class Device(abc.ABC):
 
     @abc.abstractmethod
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        """Time ``model`` (an ONNX file) with ``settings``; ``memory`` also measures its peak memory."""
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        """Time ``model`` (an ONNX file) with ``settings``; ``memory`` also measures its peak memory;
+        ``reference`` also times the reference model after each round (where ``supports_reference``)."""
 
 
 def now() -> str:
@@ -91,6 +96,7 @@ class LocalDevice(Device):
         self.runtime = get_runtime(LOCAL_RUNTIMES[target.runtime], threads=self.threads)
         self.name = target.name
         self._facts: dict | None = None
+        self.supports_reference = self.runtime.name == "onnxruntime"
 
     def runtime_info(self) -> dict:
         """``{"name", "version", "provider", "label"}`` of the runtime that measures here."""
@@ -116,20 +122,29 @@ class LocalDevice(Device):
         return f"{self.target.name}: {self.facts()['cpu_model']}"
 
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        from pipeline.measure.timing import time_session
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        from pipeline.measure.timing import time_session, time_session_with_reference
 
         model = Path(model)
         runtime = self.runtime_info()
+        ref_timing = None
         with tempfile.TemporaryDirectory(prefix="edgefit-measure-") as work:
             artifact = self.runtime.prepare(model, work, precision, target=self.target)
             session = self.runtime.load(artifact, threads=self.threads)
-            latency = time_session(session, settings)
+            if reference and self.supports_reference:
+                from pipeline.measure.reference import reference_model_path
+
+                ref = self.runtime.load(reference_model_path(), threads=self.threads)
+                latency, ref_timing = time_session_with_reference(session, ref, settings)
+                del ref
+            else:
+                latency = time_session(session, settings)
             del session
         mem, how = self._memory(model) if memory else (None, None)
         return DeviceMeasurement(latency=latency, memory_mb=mem, device=self.label, runtime=runtime,
                                  threads=self.threads, settings=settings, when=now(),
-                                 model_sha256=sha256_file(model), memory_method=how, facts=self.facts())
+                                 model_sha256=sha256_file(model), memory_method=how, facts=self.facts(),
+                                 reference=ref_timing)
 
     def _memory(self, model: Path) -> tuple[float | None, str | None]:
         """Peak memory in a child process; only ONNX Runtime has a child harness today."""

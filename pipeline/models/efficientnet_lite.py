@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.core.scaling import Scale
 from pipeline.models.base import ScalableNet, StageSpec
 from pipeline.models.blocks import MBConv, conv_bn_act
-from pipeline.models.efficientnet import BASE_STAGES, STOCHASTIC_DEPTH
-
-STEM, HEAD = 32, 1280  # fixed: the reference builder sets fix_head_stem=True
+from pipeline.models.plans import EFFICIENTNET_STAGES as BASE_STAGES
+from pipeline.models.plans import STOCHASTIC_DEPTH, efficientnet_lite_plan
 
 
 class EfficientNetLite(ScalableNet):
@@ -32,10 +31,7 @@ class EfficientNetLite(ScalableNet):
     @staticmethod
     def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
         """(stem channels, ((channels, blocks) per stage), head channels): the architecture, unbuilt."""
-        last = len(BASE_STAGES) - 1
-        stages = tuple((make_divisible(c * scale.width), n if i in (0, last) else round_repeats(n, scale.depth))
-                       for i, (*_, c, n) in enumerate(BASE_STAGES))
-        return STEM, stages, HEAD
+        return efficientnet_lite_plan(scale)
 
     def __init__(self, scale: Scale, num_classes: int = 1000):
         stem_ch, plan, head_ch = self.plan(scale)

@@ -28,7 +28,8 @@ from scipy.optimize import nnls
 from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling, Scale, family_for, preset
 from pipeline.cost.features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
-from pipeline.cost.trace import BYTES_PER_ELEMENT, Cost, scale_cost
+from pipeline.cost.ops import BYTES_PER_ELEMENT, Cost
+from pipeline.cost.plan import scale_cost
 from pipeline.predict.heldout import HELDOUT_QUANTILE, ErrorEstimate, Heldout, p90
 from pipeline.predict.layerwise import Device, LayerwiseModel, fit_layerwise, hardware_figure
 from pipeline.predict.profile import Profile, load_profile
