@@ -70,6 +70,7 @@ def main() -> int:
                          "measured_ms": d["measured"]["latency_ms"], "retimed_ms": round(retime, 3),
                          "utilisation": round(retime / b, 3), "violation": retime > b,
                          "measurements": len(d["measurements"]), "wall_s": round(wall, 1),
+                         "search_s": d["search"].get("step_seconds"),
                          "predictor_phi": d["search"]["predictor_choice_phi"]})
             print(f"budget {b:g} ms: φ={d['phi']:g} re-timed {retime:.2f} ms ({retime / b:.0%}), "
                   f"{len(d['measurements'])} measurements, {wall:.1f} s", flush=True)
@@ -95,6 +96,9 @@ def main() -> int:
         "median_utilisation": sorted(r["utilisation"] for r in ok)[len(ok) // 2] if ok else None,
         "mean_measurements": round(sum(r["measurements"] for r in ok) / max(1, len(ok)), 2),
         "mean_wall_s": round(sum(r["wall_s"] for r in ok) / max(1, len(ok)), 1),
+        "median_wall_s": _median([r["wall_s"] for r in ok]),
+        "median_wall_s_budgets_le_30ms": _median([r["wall_s"] for r in ok if r["budget_ms"] <= 30]),
+        "median_search_s": _median([r["search_s"] for r in ok if r.get("search_s") is not None]),
         "same_as_exhaustive": None if not ex else f"{sum(r.get('same_as_exhaustive', False) for r in ok)}/{len(ok)}",
     }
     md = ["# fit quality on host", "", f"family {args.family}, {threads} threads. " + ", ".join(
@@ -111,6 +115,12 @@ def main() -> int:
     save_results("fit_quality", {"summary": summary, "rows": rows, "exhaustive": ex}, "\n".join(md))
     print("\n".join(md))
     return 0
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return round(statistics.median(values), 1) if values else None
 
 
 def _plot(ex: list[dict], ok: list[dict], path: Path) -> None:
