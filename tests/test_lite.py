@@ -32,6 +32,7 @@ def test_fit_and_build_a_lite_for_a_predicted_only_target(tmp_path):
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["family"] == "efficientnet-lite" and d["measured"] is None and d["parity"]
+    assert "search took" in r.output and d["search"]["step_seconds"] > 0  # the search step's time, logged
     r = run("build", str(out), "--json")  # fit exported at the nano's opset 13: a trtexec script for the device
     assert r.exit_code == 0, r.output
     engine = json.loads(r.stdout)

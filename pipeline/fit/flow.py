@@ -11,6 +11,7 @@ today, a remote device behind an agent tomorrow); the options come in as the dat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -85,6 +86,7 @@ class FitContext:
     log: Callable[[str], None] = lambda _: None
     search_seconds: float | None = None  # the whole search step: predictor, enumeration, search
     family_choice: dict | None = None  # --family auto: every family's pick and the rule (pipeline.fit.auto)
+    loop_notes: list[str] = field(default_factory=list)  # why the closed loop stopped short of a measured bracket
 
     @property
     def family(self) -> str:
@@ -266,7 +268,8 @@ def _finish(ctx: FitContext, run: Path) -> dict:
     measurements: list[Measurement] = []
     chosen = ctx.result.chosen.index
     if ctx.device is not None:
-        chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log)
+        chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log,
+                                           ctx.loop_notes)
         remove_unchosen(measurements, chosen)
     model, preprocess, training = weights_for(run, ctx.family, ctx.archs[chosen].scale, ctx.num_classes,
                                               ctx.run.weights, ctx.data, ctx.log)
@@ -297,6 +300,9 @@ def _finish(ctx: FitContext, run: Path) -> dict:
                                          ctx.budget, ctx.log)
         timed.unlink(missing_ok=True)
         candidate_fp32(timed).unlink(missing_ok=True)
+        if final.memory_mb is None:
+            mem, _ = ctx.device.peak_memory(shipped)
+            final = dataclasses.replace(final, memory_mb=None if mem is None else round(mem, 2))
     accuracy = verify_accuracy_step(run, ctx.data, ctx.precision, ctx.threads)
     return _record(ctx, chosen, measurements, final,
                    {"parity": par.to_dict(), "int8": int8, "training": training, "accuracy": accuracy, "run": run,
@@ -307,7 +313,10 @@ def _measure_file(ctx: FitContext, path: Path, i: int, settings: TimingSettings 
     """Time ``path`` (architecture ``i``) on the fit's device (with the reference model where it can) and judge it
     against the budget."""
     arch = ctx.archs[i]
-    m = ctx.device.measure(path, settings, precision=ctx.precision, reference=ctx.device.supports_reference)
+    # peak memory takes a child process (seconds): measured per candidate only when a memory budget needs it,
+    # else once, for the model that ships (_finish)
+    m = ctx.device.measure(path, settings, precision=ctx.precision, reference=ctx.device.supports_reference,
+                           memory=ctx.budget.memory_mb is not None)
     ctx.measured_on[i] = m
     return from_device(m, i, arch.phi, arch.scale.resolution, ctx.predict_arch(i)[0], ctx.budget, path)
 
@@ -367,7 +376,9 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "latency_ms_worst_round": final.latency_ms_worst_round,
         "when": ctx.measured_on[chosen].when, "repeats": final.repeats, **_agent_fields(ctx, chosen)}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
-    reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
+    reason = (_measured_rejection(nxt, budget) if nxt is not None else
+              f"φ={archs[chosen + 1].phi:g}: {ctx.loop_notes[-1]}" if ctx.loop_notes and chosen + 1 < len(archs) else
+              result.reason_next_rejected)
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
     opts = ctx.data

@@ -78,6 +78,10 @@ class Device(abc.ABC):
         """Time ``model`` (an ONNX file) with ``settings``; ``memory`` also measures its peak memory;
         ``reference`` also times the reference model after each round (where ``supports_reference``)."""
 
+    def peak_memory(self, model: str | Path) -> tuple[float | None, str | None]:
+        """Peak memory of ``model`` alone, without timing it: ``(MiB, method)``, ``(None, why)`` where it cannot be."""
+        return None, f"not measured: {type(self).__name__} measures memory only with a timing"
+
 
 def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
@@ -145,6 +149,9 @@ class LocalDevice(Device):
                                  threads=self.threads, settings=settings, when=now(),
                                  model_sha256=sha256_file(model), memory_method=how, facts=self.facts(),
                                  reference=ref_timing)
+
+    def peak_memory(self, model: str | Path) -> tuple[float | None, str | None]:
+        return self._memory(Path(model))
 
     def _memory(self, model: Path) -> tuple[float | None, str | None]:
         """Peak memory in a child process; only ONNX Runtime has a child harness today."""

@@ -26,6 +26,10 @@ from pipeline.core.budget import Budget
 from pipeline.core.errors import BudgetInfeasible
 
 MAX_MEASUREMENTS = 6
+# The next larger architecture is not measured just to confirm that it does not fit when its prediction,
+# corrected by the measurement next to it, is over the limit by more than this: neighbours' prediction errors
+# move together (the same op kinds, one step apart), so a correction near them is off by a few percent only.
+CONFIRM_SKIP_PCT = 8.0
 # Budget.noise_margin_pct (default 2%, `fit --noise-margin`): a measured latency this close under
 # the budget counts as over it, because the shipped model must still fit when somebody re-times
 # it. On the 2-core dev VM the same session's p50 drifted by 4-16% between one-second rounds, so
@@ -105,8 +109,13 @@ def measured_fits(latency: float, memory: float | None, budget: Budget) -> bool:
 
 def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float, float]],
                 measure: Callable[[int], Measurement], budget: Budget,
-                log: Callable[[str], None] = lambda _: None) -> tuple[int, list[Measurement]]:
-    """Return (chosen index, measurements). ``predicted(i)`` -> (latency at percentile, memory)."""
+                log: Callable[[str], None] = lambda _: None,
+                notes: list[str] | None = None) -> tuple[int, list[Measurement]]:
+    """Return (chosen index, measurements). ``predicted(i)`` -> (latency at percentile, memory).
+
+    ``notes`` receives why the next larger architecture was not measured, when it was not
+    (:data:`CONFIRM_SKIP_PCT`).
+    """
     done: dict[int, Measurement] = {}
     ok, bad = -1, n_archs  # largest index measured to fit, smallest measured not to fit
 
@@ -142,6 +151,15 @@ def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float
         if fitting:
             i = max(fitting)
         elif ok >= 0:
+            lat_limit, _ = measured_limits(budget)
+            corrected = predicted(ok + 1)[0] * ratio(ok + 1)[0]
+            if lat_limit is not None and corrected > lat_limit * (1 + CONFIRM_SKIP_PCT / 100):
+                note = (f"corrected by the measurement next to it, its prediction {corrected:.2f} ms is "
+                        f"{100 * (corrected / lat_limit - 1):.0f}% over the {lat_limit:.2f} ms limit: not measured")
+                log(f"next larger architecture: {note}")
+                if notes is not None:
+                    notes.append(note)
+                break
             i = ok + 1  # confirm that the next larger really does not fit
         else:
             i = min(inside)  # even corrected, nothing fits: the smallest decides feasibility at once
@@ -149,8 +167,9 @@ def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float
         smallest = min(done.values(), key=lambda m: m.index)
         raise BudgetInfeasible(
             f"nothing measured fits on this device: the smallest tried, φ={smallest.phi:g} (resolution "
-            f"{smallest.resolution}), measured {smallest.latency_at(budget.percentile):.2f} ms and "
-            f"{smallest.memory_mb} MiB. Raise the budget or lower --phi-min.")
+            f"{smallest.resolution}), measured {smallest.latency_at(budget.percentile):.2f} ms"
+            + (f" and {smallest.memory_mb} MiB" if smallest.memory_mb is not None else "")
+            + ". Raise the budget or lower --phi-min.")
     return ok, sorted(done.values(), key=lambda m: m.index)
 
 
