@@ -370,17 +370,22 @@ class Int8Tuning:
 
 
 _DEPTHWISE = ("stem and first block (depthwise 3x3 + 1x1 over 16-32 channels at half resolution) in float: "
-              "integer kernels were slower than fp32 NCHWc there; every other op quantized")
+              "integer kernels were slower than fp32 NCHWc there; per-tensor weights (one scale per layer: no "
+              "per-channel requantization) were faster again at no accuracy cost on the trained models; every "
+              "other op quantized")
 # The per-family table. Evidence: bench/results/int8_speedup.md ("tuning evidence": every alternative timed
-# interleaved with fp32 at φ=0, and the accuracy drop of each calibration method on a trained model).
+# interleaved with fp32 at φ=0, with the accuracy drop of each on a trained model, and each calibration method).
+# Per-tensor weights can cost accuracy on networks whose channels' weight ranges differ widely (depthwise layers
+# trained on large datasets): make_int8 re-quantizes per-channel when the accuracy gate fails (fallback below).
 INT8_TUNING: dict[str, Int8Tuning] = {
     "efficientnet": Int8Tuning(float_convs=1, evidence=(
         "stem in float; all ops quantized (QLinearSigmoid/QLinearMul for swish): quantizing only Conv/Gemm "
         "left swish and SE in float behind DequantizeLinear/QuantizeLinear and ran slower than fp32")),
-    "efficientnet-lite": Int8Tuning(float_convs=3, evidence=_DEPTHWISE),
-    "mobilenetv2": Int8Tuning(float_convs=3, evidence=_DEPTHWISE),
-    "resnet18": Int8Tuning(evidence="everything quantized: the 7x7 stem over 64 channels gains from integer "
-                                    "kernels, and keeping it float cost a QuantizeLinear over a large tensor"),
+    "efficientnet-lite": Int8Tuning(float_convs=3, per_channel=False, evidence=_DEPTHWISE),
+    "mobilenetv2": Int8Tuning(float_convs=3, per_channel=False, evidence=_DEPTHWISE),
+    "resnet18": Int8Tuning(per_channel=False, evidence=(
+        "everything quantized, per-tensor weights: the 7x7 stem over 64 channels gains from integer kernels "
+        "(keeping it float cost a QuantizeLinear over a large tensor), and one scale per layer was faster")),
 }
 # ResNet-34/50 share ResNet-18's blocks and stem: the same choice, not benchmarked separately.
 INT8_TUNING["resnet34"] = INT8_TUNING["resnet50"] = INT8_TUNING["resnet18"]

@@ -102,6 +102,14 @@ def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOpti
             f"{100 * gate.agreement:.1f}%); pass --data and --train-epochs to gate it")
         return record
     log(gate.summary())
+    if not gate and not q.per_channel:
+        # the family's tuning chose per-tensor weights for speed; per-channel is the accurate fallback
+        log("int8 gate failed with per-tensor weights: quantizing again with per-channel weights")
+        q = quantize_onnx(fp32, run / "model.onnx", calib, exclude_nodes=opts.exclude, family=family,
+                          per_channel=True, **method)
+        gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y, opts.max_drop_pp, raise_on_failure=False)
+        record.update(quantization=q.to_dict(), gate=gate.to_dict(), per_tensor_gate=record["gate"])
+        log(gate.summary())
     if not gate:
         sens = layer_sensitivity(fp32, calib, x, y if trained else None, max_layers=12)
         record["sensitivity"] = [layer.to_dict() for layer in sens.top(5)]
