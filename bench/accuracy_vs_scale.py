@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, save_results  # noqa: E402
 from pipeline.core.scaling import resolve_scale  # noqa: E402
-from pipeline.cost.trace import scale_cost  # noqa: E402
+from pipeline.cost.plan import scale_cost  # noqa: E402
 from pipeline.data.datasets import load_dataset  # noqa: E402
 from pipeline.export.onnx import export_onnx  # noqa: E402
 from pipeline.measure.timing import compare_interleaved

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save_results  # noqa: E402
 
 from pipeline.core.errors import ProfileMissing  # noqa: E402
-from pipeline.cost.trace import scale_cost  # noqa: E402
+from pipeline.cost.plan import scale_cost  # noqa: E402
 from pipeline.fit.calibrate import FULL_TIMING, SuiteEntry, calibrate, measure_entry  # noqa: E402
 from pipeline.measure.device import LocalDevice  # noqa: E402
 from pipeline.predict.predictor import load_predictor  # noqa: E402

@@ -49,6 +49,15 @@ def test_describe_per_dimension():
     assert d["resolution"] == 192 and d["width_multiplier"] == 1.0
 
 
+def test_lite_preset_describes_efficientnet_lite_without_naming_the_family():
+    d = json.loads(run("describe", "--preset", "lite0", "--json").output)
+    assert d["family"] == "efficientnet-lite" and d["preset"] == "lite0" and d["params"] == 4_652_008
+    assert f"{d['params'] / 1e6:.3g}" == "4.65"
+    # an explicit family wins: a preset is a table of multipliers
+    assert json.loads(run("describe", "--preset", "lite0", "--family", "efficientnet", "--json").output)[
+        "family"] == "efficientnet"
+
+
 def test_describe_human_table():
     r = run("describe", "--preset", "b3")
     assert r.exit_code == 0
@@ -59,7 +68,8 @@ def test_describe_human_table():
     "args, code, text",
     [
         (["--family", "vgg16"], 2,
-         "'vgg16' is not one of 'efficientnet', 'mobilenetv2', 'resnet18', 'resnet34', 'resnet50'"),
+         "'vgg16' is not one of 'efficientnet', 'efficientnet-lite', 'mobilenetv2', 'resnet18', 'resnet34', "
+         "'resnet50'"),
         (["--preset", "b9"], 1, "Known: b0, b1"),
         (["--phi", "nan"], 1, "finite"),
         (["--phi", "13"], 1, "out of range"),

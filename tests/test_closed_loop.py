@@ -58,3 +58,22 @@ def test_noise_margin_moves_the_bracket(margin):
     chosen, _ = closed_loop(len(TRUE_MS), 10, predicted, measure, budget)
     assert TRUE_MS[chosen] <= 10.0 * (1 - margin / 100) < TRUE_MS[chosen + 1]
     assert chosen == {0.0: 16, 5.0: 15, 20.0: 12}[margin]  # 10.0, 9.5 and 8.0 ms
+
+
+def test_a_next_larger_far_over_the_limit_is_not_measured_to_confirm():
+    """Architectures 20% apart: once the pick measures in, the next one's corrected prediction is clearly over."""
+    true = [2.0 * 1.2 ** i for i in range(20)]
+    calls, notes = [], []
+    budget = Budget(latency_ms=11.5)  # limit 11.27 ms: 10.32 ms fits, the next (12.38 ms) is 10% over
+
+    def predicted(i):
+        return true[i] * 0.9, 10.0  # 10% optimistic, consistently
+
+    def measure(i):
+        calls.append(i)
+        return Measurement(i, i / 10, 100, predicted(i)[0], true[i], true[i], true[i], 10.0, 30, 1,
+                           measured_fits(true[i], 10.0, budget), 0.0, "")
+
+    chosen, _ = closed_loop(len(true), 9, predicted, measure, budget, notes=notes)
+    assert chosen == 9 and chosen + 1 not in calls
+    assert calls == [9] and "not measured" in notes[0]

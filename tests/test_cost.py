@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.scaling import CompoundScaling, preset
-from pipeline.cost.trace import BYTES_PER_ELEMENT, model_cost, peak_activation_bytes, scale_cost
+from pipeline.cost.plan import scale_cost
+from pipeline.cost.trace import BYTES_PER_ELEMENT, model_cost, peak_activation_bytes
 from pipeline.models import FAMILIES, build, initialize
 
 PHI_GRID = np.arange(-3.0, 6.01, 0.5)

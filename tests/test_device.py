@@ -50,7 +50,7 @@ def test_a_tensorrt_target_without_tensorrt_says_so(tmp_path):
 
 
 def test_the_settings_table_has_one_row_per_kind_of_measurement():
-    assert set(TIMING) == {"fit", "calibrate", "calibrate-quick", "trtexec"}
+    assert set(TIMING) == {"fit", "fit-recheck", "calibrate", "calibrate-quick", "trtexec"}
     assert timing("fit").rounds == 3 and timing("fit").describe() == "10 warm-up, then 3 rounds of ≥20 runs and ≥0.5s"
     assert TRTEXEC_TIMING == timing("trtexec").trtexec() == {"warmup_ms": 500, "iterations": 200, "duration_s": 5,
                                                               "avg_runs": 10}

@@ -299,3 +299,20 @@ def test_parity_tolerance_scales_with_the_logits(exported):
     assert report.max_abs_err <= bound
     tight = parity(model, result.path, n=2, seed=0, tolerances={"max_abs": report.max_abs_err / report.logit_scale / 2})
     assert not tight and "logit scale" in tight.failures[0]
+
+
+def test_the_same_model_is_exported_once(tmp_path):
+    """A repeated export of the same module tree and weights is copied from the cache, byte for byte; other weights
+    are exported afresh."""
+    import copy
+
+    from tinymodels import tiny_model
+
+    model = copy.deepcopy(tiny_model())
+    first = export_onnx(model, tmp_path / "a.onnx")
+    again = export_onnx(model, tmp_path / "b.onnx")
+    assert not first.cached and again.cached and again.sha256 == first.sha256
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    assert not export_onnx(model, tmp_path / "c.onnx").cached

@@ -56,6 +56,9 @@ def test_fit_on_host_end_to_end(host_profile, tmp_path):
         assert key in d
     assert d["measured"] is not None and d["verified"]["latency"] is True
     assert d["measured"]["latency_ms"] <= budget
+    # the noise seen: the reference model timed next to every measurement (fit.json `noise`)
+    assert d["noise"]["reference"] == "edgefit-reference-v1" and d["noise"]["drift_pct"] >= 0
+    assert all(m["reference_ms"] > 0 for m in d["measurements"]) and d["noise"]["check"] is None
     assert d["predicted"]["provenance"] == "measured"
     assert (out2 / "model.onnx").is_file() and (out2 / "report.md").is_file() and (out2 / "fit.json").is_file()
     assert (out2 / "latency_vs_phi.png").stat().st_size > 1000

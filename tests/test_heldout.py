@@ -13,7 +13,7 @@ from conftest import RANGE
 from pipeline.cli import cli
 from pipeline.core.names import FAMILY_GROUPS, FAMILY_NAMES
 from pipeline.core.scaling import CompoundScaling
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.flow import UNKNOWN_ERROR_MARGIN_PCT
 from pipeline.predict.evaluate import COVERAGE_GOAL, coverage, held_out_cases, published_profiles
 from pipeline.predict.heldout import Heldout

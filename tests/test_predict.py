@@ -7,7 +7,7 @@ from pipeline.cli import cli
 from pipeline.core.errors import ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.calibrate import FULL_SUITE, SuiteEntry, calibrate
 from pipeline.measure.settings import TimingSettings
 from pipeline.predict.predictor import Predictor, check_host_profile, load_predictor

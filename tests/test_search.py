@@ -2,7 +2,7 @@ import pytest
 
 from pipeline.core.errors import BudgetInfeasible
 from pipeline.core.scaling import CompoundScaling
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.search import Budget, enumerate_architectures, search
 from pipeline.models import signature
 

@@ -39,7 +39,9 @@ def describe_text(d: dict) -> str:
 @json_option()
 def describe(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, num_classes, as_json):
     """Show the architecture and static cost of a scaled model (nothing is timed)."""
+    from pipeline.core.scaling import family_for
     from pipeline.cost.describe import describe as run
 
-    data = run(family, phi, phi_depth, phi_width, phi_resolution, preset, num_classes, scaling_from(alpha, beta, gamma))
+    data = run(family_for(family, preset), phi, phi_depth, phi_width, phi_resolution, preset, num_classes,
+               scaling_from(alpha, beta, gamma))
     emit(data, as_json, describe_text)

@@ -8,7 +8,6 @@ import click
 
 from pipeline.cli.options import (
     agent_options,
-    family_option,
     fraction_option,
     json_option,
     percent_option,
@@ -19,6 +18,7 @@ from pipeline.cli.options import (
 )
 from pipeline.cli.output import emit, log, progress_bar
 from pipeline.cli.render import si, table
+from pipeline.core.names import FAMILY_NAMES
 from pipeline.core.units import Duration, Size
 
 
@@ -38,14 +38,31 @@ def fit_text(d: dict) -> str:
         f"  {lat}; predictor held-out error {err}",
         f"  verified: latency {d['verified']['latency']}, memory {d['verified']['memory']}",
         f"  next larger rejected: {d['search']['reason_next_rejected']}",
-        f"  run directory: {d['run_dir']}", "", table(rows, cols)])
+        f"  run directory: {d['run_dir']}", "", table(rows, cols), *_family_choice_text(d)])
+
+
+def _family_choice_text(d: dict) -> list[str]:
+    """--family auto: each family's pick side by side (the rule is in fit.json and report.md)."""
+    choice = d.get("family_choice")
+    if not choice:
+        return []
+    rows = [{"family": p["family"] + (" <- chosen" if p["family"] == choice["chosen"] else ""),
+             "phi": "-" if p["phi"] is None else f"{p['phi']:g}", "res": p["resolution"] or "-",
+             "ms": "-" if not p["fits"] else f"{p['predicted_latency_ms']:.2f}",
+             "top1": "-" if not p["fits"] else f"{p['expected_top1']:.1f} ({p['expected_how']})"} for p in
+            choice["families"]]
+    return ["", "families (expected ImageNet top-1 at the size predicted to fit):",
+            table(rows, [("family", "family"), ("phi", "φ"), ("res", "res"), ("ms", "pred ms"),
+                         ("top1", "expected top-1 %")])]
 
 
 @click.command()
 @click.option("--target", "target_name", required=True, help="Target device (see `deploy targets`).")
 @click.option("--latency", type=Duration(), default=None, help="Latency budget, e.g. 20ms, 500us, 0.1s.")
 @click.option("--memory", type=Size(), default=None, help="Peak memory budget, e.g. 256MB, 1GiB.")
-@family_option
+@click.option("--family", type=click.Choice((*FAMILY_NAMES, "auto")), default="efficientnet", show_default=True,
+              help="Model family; auto: search every family and choose by expected ImageNet top-1 at the size that "
+                   "fits (docs: README, fit --family auto).")
 @precision_option()
 @click.option("--percentile", type=click.Choice(["50", "90", "99"]), default="50", show_default=True,
               help="Latency statistic the budget applies to.")
@@ -68,8 +85,8 @@ def fit_text(d: dict) -> str:
 @click.option("--init-from", type=click.Path(exists=True), default=None, help="Checkpoint to fine-tune from.")
 @fraction_option("--min-accuracy", default=None, help="Fail (exit 4) when the trained model's top-1 is below this")
 @click.option("--calibration-data", default=None, help="INT8 calibration set (default: --data, else builtin:digits).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
-              show_default=True)
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="INT8 calibration method [default: the family's tuned one, see bench/results/int8_speedup.md].")
 @click.option("--calibration-samples", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
 @percentage_points_option("--int8-max-drop-pp", "--int8-max-drop", "int8_max_drop_pp", default=1.0,
@@ -83,8 +100,11 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
         int8_max_drop_pp, noise_margin, as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
     from pipeline.core.budget import Budget
-    from pipeline.fit.flow import fit as run
+    from pipeline.fit.auto import AUTO, fit_auto
+    from pipeline.fit.flow import fit as fit_one
     from pipeline.fit.options import DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
+
+    run = fit_auto if family == AUTO else fit_one
 
     result = run(target_name, Budget(latency, memory, int(percentile), noise_margin),
                  search_options=SearchOptions(family, phi_min, phi_max), precision=precision,

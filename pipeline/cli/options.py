@@ -31,7 +31,8 @@ def scale_options(f):
     """--phi / --preset / --phi-depth/--phi-width/--phi-resolution and α, β, γ."""
     return _stack(
         click.option("--phi", type=float, default=None, help="Compound coefficient φ (may be negative)."),
-        click.option("--preset", default=None, help="Published EfficientNet preset b0..b7."),
+        click.option("--preset", default=None,
+                     help="Published preset: EfficientNet b0..b7 or EfficientNet-Lite lite0..lite4."),
         click.option("--phi-depth", type=float, default=None, help="Per-dimension φ for depth."),
         click.option("--phi-width", type=float, default=None, help="Per-dimension φ for width."),
         click.option("--phi-resolution", type=float, default=None, help="Per-dimension φ for resolution."),
@@ -59,8 +60,10 @@ def targets_dir_option(f):
 
 
 def family_option(f):
-    return click.option("--family", type=click.Choice(FAMILY_NAMES), default="efficientnet", show_default=True,
-                        help="Model family.")(f)
+    """--family; unset, it is the preset's family (lite0..lite4: efficientnet-lite), else efficientnet
+    (resolve with :func:`pipeline.core.scaling.family_for`)."""
+    return click.option("--family", type=click.Choice(FAMILY_NAMES), default=None,
+                        help="Model family [default: efficientnet; efficientnet-lite for a lite preset].")(f)
 
 
 def precision_option(help: str = "Precision (default: the target's first)."):

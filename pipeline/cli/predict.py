@@ -51,12 +51,12 @@ def predict_text(d: dict) -> str:
 def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, onnx,
             precision, threads, num_classes, profile_path, targets_dir, as_json):
     """Predict p50 latency and peak memory of a model on a target, with provenance and error."""
-    from pipeline.core.scaling import resolve_scale
+    from pipeline.core.scaling import family_for, resolve_scale
     from pipeline.predict.predictor import predict as run
 
     if any(v is not None for v in (alpha, beta, gamma)):
         raise click.UsageError("predict uses the default α, β, γ; custom constants are for describe/fit.")
     model = onnx if onnx is not None else resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset)
-    data = run(target_name, model, family, precision=precision, threads=threads, num_classes=num_classes,
-               targets_dir=targets_dir, profile_path=profile_path)
+    data = run(target_name, model, family_for(family, preset), precision=precision, threads=threads,
+               num_classes=num_classes, targets_dir=targets_dir, profile_path=profile_path)
     emit(data, as_json, predict_text)

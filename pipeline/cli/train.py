@@ -73,10 +73,11 @@ def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta
           lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, nproc, nnodes, node_rank,
           rdzv_endpoint, as_json):
     """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
-    from pipeline.core.scaling import resolve_scale
+    from pipeline.core.scaling import family_for, resolve_scale
     from pipeline.train.trainer import TrainOptions
     from pipeline.train.trainer import train as run
 
+    family = family_for(family, preset)
     scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling_from(alpha, beta, gamma))
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
                         init_from=init_from, teacher=teacher, temperature=temperature, alpha_kd=alpha_kd,

@@ -3,7 +3,7 @@
 A :class:`Scale` is the single description of "how big" a model is: every model
 family is built from one, the cost model and the search key on it, and it
 round-trips through JSON. All constants (α, β, γ, rounding divisors, the B0–B7
-table) live in the tables at the top of this module so they are changed in one
+and lite0–lite4 tables) live in the tables at the top of this module so they are changed in one
 place.
 """
 
@@ -38,7 +38,23 @@ PRESETS: dict[str, tuple[float, float, int, float]] = {
     "b5": (1.6, 2.2, 456, 0.4),
     "b6": (1.8, 2.6, 528, 0.5),
     "b7": (2.0, 3.1, 600, 0.5),
+    # EfficientNet-Lite (family "efficientnet-lite"), the reference builder's table: tensorflow/tpu
+    # models/official/efficientnet/lite/efficientnet_lite_builder.py, efficientnet_lite_params().
+    # Its README (same folder) gives 4.7 M / 5.4 M / 6.1 M / 8.2 M / 13.0 M parameters; the model
+    # here reproduces 4,652,008 / 5,416,680 / 6,092,072 / 8,197,096 / 13,006,568 (tests/test_models.py).
+    "lite0": (1.0, 1.0, 224, 0.2),
+    "lite1": (1.0, 1.1, 240, 0.2),
+    "lite2": (1.1, 1.2, 260, 0.3),
+    "lite3": (1.2, 1.4, 280, 0.3),
+    "lite4": (1.4, 1.8, 300, 0.3),
 }
+# The family each preset was published for: what `--preset` builds when no --family is given.
+# A preset applied to another family is just its multipliers (e.g. ResNet-18 at B3's).
+PRESET_FAMILIES: dict[str, str] = {
+    **{f"b{i}": "efficientnet" for i in range(8)},
+    **{f"lite{i}": "efficientnet-lite" for i in range(5)},
+}
+DEFAULT_FAMILY = "efficientnet"
 
 
 def make_divisible(value: float, divisor: int = DEFAULTS["channel_divisor"], min_value: int | None = None) -> int:
@@ -148,8 +164,18 @@ class CompoundScaling:
         )
 
 
+def family_for(family: str | None, preset_name: str | None = None) -> str:
+    """The family a command works on: the one given, else the preset's own (lite0 → efficientnet-lite),
+    else EfficientNet."""
+    if family is not None:
+        return family
+    if preset_name is not None:
+        return PRESET_FAMILIES.get(preset_name.lower(), DEFAULT_FAMILY)
+    return DEFAULT_FAMILY
+
+
 def preset(name: str) -> Scale:
-    """The published B0–B7 multipliers (not the formula: B4–B7 are larger than α^φ)."""
+    """The published multipliers, B0–B7 and lite0–lite4 (not the formula: B4–B7 are larger than α^φ)."""
     key = name.lower()
     if key not in PRESETS:
         raise PresetNotFound("preset", name, list(PRESETS))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.core.scaling import CompoundScaling, Scale, resolve_scale
-from pipeline.cost.trace import model_cost
+from pipeline.core.scaling import CompoundScaling, Scale, family_for, resolve_scale
+from pipeline.cost.plan import scale_cost
 from pipeline.models import build, check_family
 
 
 def describe_scale(family: str, scale: Scale, num_classes: int = 1000) -> dict:
     """The describe record (DESIGN keys) for ``family`` at ``scale``."""
-    model = build(check_family(family), scale, num_classes, device="meta")
-    cost = model_cost(model)
+    model = build(check_family(family), scale, num_classes, device="meta")  # for its stage table; nothing runs
+    cost = scale_cost(family, scale, num_classes)
     by_stage = {row["stage"]: row for row in cost.stage_table()}
     stages = [
         {"stage": s.name, "blocks": s.blocks, "channels": s.channels,
@@ -36,11 +36,11 @@ def describe_scale(family: str, scale: Scale, num_classes: int = 1000) -> dict:
     }
 
 
-def describe(family: str = "efficientnet", phi: float | None = None, phi_depth: float | None = None,
+def describe(family: str | None = None, phi: float | None = None, phi_depth: float | None = None,
              phi_width: float | None = None, phi_resolution: float | None = None, preset: str | None = None,
              num_classes: int = 1000, scaling: CompoundScaling | None = None) -> dict:
-    """Describe a model named by φ, per-dimension φ, or a preset (EfficientNet table)."""
-    check_family(family)
+    """Describe a model named by φ, per-dimension φ, or a preset; ``family`` defaults to the preset's own."""
+    family = check_family(family_for(family, preset))
     scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling)
     return describe_scale(family, scale, num_classes)
 

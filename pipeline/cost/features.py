@@ -1,4 +1,4 @@
-"""Predictor features: a :class:`~pipeline.cost.trace.Cost` summarised per op kind.
+"""Predictor features: a :class:`~pipeline.cost.ops.Cost` summarised per op kind.
 
 Latency on a CPU or GPU is roughly a sum over executed ops of (arithmetic at that op
 kind's efficiency) + (bytes moved at that kind's bandwidth) + a fixed per-op dispatch
@@ -16,7 +16,7 @@ AVX-512 host that took the leave-one-out p90 error from 10.0% (no padding) to 4.
 
 from __future__ import annotations
 
-from pipeline.cost.trace import Cost
+from pipeline.cost.ops import Cost
 
 _GROUPS = {
     "conv": "conv", "pwconv": "pwconv", "dwconv": "dwconv", "linear": "linear",

@@ -1,8 +1,8 @@
-"""ONNX front end of the cost model: an ONNX graph -> the same :class:`~pipeline.cost.trace.Op` list.
+"""ONNX front end of the cost model: an ONNX graph -> the same :class:`~pipeline.cost.ops.Op` list.
 
 This lets ``deploy predict --onnx FILE`` cost any exported model through the exact code
-path used for models built here: ops are made by :func:`pipeline.cost.trace.make_op`, fused by
-:func:`pipeline.cost.trace.fuse`, and summarised by :func:`pipeline.cost.trace.cost_from_ops`.
+path used for models built here: ops are made by :func:`pipeline.cost.ops.make_op`, fused by
+:func:`pipeline.cost.ops.fuse`, and summarised by :func:`pipeline.cost.ops.cost_from_ops`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import onnx
 from onnx import shape_inference
 
 from pipeline.core.errors import ModelInvalid
-from pipeline.cost.trace import Cost, cost_from_ops, fuse, make_op
+from pipeline.cost.ops import Cost, cost_from_ops, fuse, make_op
 
 _KIND = {
     "Conv": "conv", "Gemm": "linear", "MatMul": "linear",

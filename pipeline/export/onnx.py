@@ -30,9 +30,11 @@ Determinism
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import logging
+import os
 import re
 import time
 import warnings
@@ -48,6 +50,7 @@ import torch
 from pipeline.core.compare import TOLERANCES, compare_logits, tolerance
 from pipeline.core.errors import ExportError, ModelInvalid, UnknownName
 from pipeline.core.io import atomic_writer
+from pipeline.models.base import torch_threads
 
 DEFAULT_OPSET = 18
 DYNAMO_MIN_OPSET = 18
@@ -84,7 +87,8 @@ def _max_opset() -> int:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What :func:`export_onnx` wrote: the file, how, and its content hash."""
+    """What :func:`export_onnx` wrote: the file, how, and its content hash (``cached``: copied from an earlier
+    export of the same model, :func:`export_cache_key`)."""
 
     path: Path
     opset: int
@@ -92,6 +96,7 @@ class ExportResult:
     sha256: str
     bytes: int
     seconds: float
+    cached: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -248,6 +253,65 @@ def _root_cause(exc: BaseException) -> str:
     return outer if inner is exc else f"{outer} (caused by {_first_line(inner)})"
 
 
+# Exports kept under edgefit_home()/cache/onnx, keyed by everything the file depends on. The dynamo exporter takes
+# 5-20 s per model on the 2-core dev VM (torch.export, decompositions, ONNX passes) and fit exports the same
+# deterministic candidates again whenever a budget is tried twice; the oldest files go beyond this size.
+EXPORT_CACHE_MB = 1024
+_EXPORT_CACHE_VERSION = 1  # bump when export_onnx's output changes for the same inputs
+
+
+@functools.cache
+def _source_digest(module_name: str) -> str:
+    import inspect
+    import sys
+
+    try:
+        return hashlib.sha256(inspect.getsource(sys.modules[module_name]).encode()).hexdigest()
+    except (KeyError, OSError, TypeError):
+        return "?"
+
+
+def export_cache_key(model: torch.nn.Module, resolution: int, opset: int, exporter: str, dynamic_batch: bool,
+                     input_name: str, output_name: str) -> str:
+    """What an export depends on: the module tree, its classes' source, every weight, the settings, the versions.
+
+    Two models with this key give byte-identical exports (the export is deterministic and normalized).
+    """
+    h = hashlib.sha256()
+    classes = sorted({type(m).__module__ for m in model.modules()} | {"pipeline.export.onnx"})
+    h.update(repr((_EXPORT_CACHE_VERSION, torch.__version__, onnx.__version__, type(model).__qualname__, str(model),
+                   resolution, opset, exporter, dynamic_batch, input_name, output_name,
+                   [(c, _source_digest(c)) for c in classes])).encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:32]
+
+
+def _cached_export(key: str) -> Path:
+    from pipeline.core.paths import edgefit_home
+
+    return edgefit_home() / "cache" / "onnx" / f"{key}.onnx"
+
+
+def _keep_in_cache(key: str, data: bytes) -> None:
+    """Store an export (atomically); then drop the least recently used beyond :data:`EXPORT_CACHE_MB`."""
+    path = _cached_export(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(path) as f:
+            f.write(data)
+        files = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+        total = 0
+        for p in files:
+            total += p.stat().st_size
+            if total > EXPORT_CACHE_MB * 2**20 and p != path:
+                p.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full home only costs speed
+
+
 def export_onnx(
     model: torch.nn.Module,
     path: str | Path,
@@ -267,7 +331,8 @@ def export_onnx(
     dimension ``batch``. The file is checked (``onnx.checker`` with ``full_check`` and
     strict shape inference, opset, I/O names and shape) before it atomically replaces
     ``path``; a failure raises :class:`ExportError` and leaves any existing file as it
-    was. The model's train/eval mode is restored afterwards.
+    was. The model's train/eval mode is restored afterwards. An export of the very same model (module tree, source,
+    weights, settings; :func:`export_cache_key`) made before is copied from the cache instead.
     """
     exporter, opset = choose_exporter(opset, exporter)
     res = resolution if resolution is not None else getattr(model, "resolution", None)
@@ -278,11 +343,22 @@ def export_onnx(
     input_shape = ("batch" if dynamic_batch else 1, 3, res, res)
     label = type(model).__name__
     t0 = time.perf_counter()
+    key = export_cache_key(model, res, opset, exporter, dynamic_batch, input_name, output_name)
+    try:
+        data = _cached_export(key).read_bytes()
+        os.utime(_cached_export(key))  # recently used
+    except OSError:
+        data = None
+    if data is not None:
+        with atomic_writer(path) as f:
+            f.write(data)
+        return ExportResult(path=path, opset=opset, exporter=exporter, sha256=hashlib.sha256(data).hexdigest(),
+                            bytes=len(data), seconds=time.perf_counter() - t0, cached=True)
     was_training = model.training
     model.eval()
     try:
         example = torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(0))
-        with _quiet() as printed, torch.no_grad():
+        with _quiet() as printed, torch.no_grad(), torch_threads(1):
             try:
                 proto = _export_proto(model, example, exporter, opset, dynamic_batch, input_name, output_name)
             except ExportError:
@@ -303,6 +379,7 @@ def export_onnx(
         f.write(data)
         f.flush()
         _check(Path(f.name), opset=opset, input_name=input_name, output_name=output_name, input_shape=input_shape)
+    _keep_in_cache(key, data)
     return ExportResult(
         path=path,
         opset=opset,
@@ -448,7 +525,7 @@ def parity(
     model.eval()
     ref, got = [], []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(threads):  # batch 1: more threads only wait on each other
             for x in batch:
                 x1 = x[None]
                 ref.append(model(torch.from_numpy(x1)).float().numpy().reshape(1, -1))

@@ -18,9 +18,20 @@ TensorRT (``runtime="tensorrt"``)
     calibration array that writes (and re-reads) a calibration cache file, which
     ``trtexec --int8 --calib=FILE`` accepts on the device.
 
+Per-family tuning (:data:`INT8_TUNING`)
+    What pays differs by family, so the choices are a table, each row with the evidence
+    behind it (``bench/int8_speedup.py`` → ``bench/results/int8_speedup.md``, which times every
+    alternative interleaved with fp32 and re-checks the table's choice): the format (QDQ or
+    QOperator), the op types quantized, per-channel weights, the calibration method and how many
+    leading convolutions stay in float. A stem convolution over 3 input channels, and a first
+    block of depthwise and 1x1 convolutions over 16–32 channels at half the input resolution,
+    run *slower* in ONNX Runtime's integer kernels than in its fp32 NCHWc kernels here, so the
+    depthwise families keep them in float. ``quantize_onnx(..., family=F)`` applies the row; explicit
+    settings override it.
+
 Calibration method
-    ``minmax``, ``entropy`` or ``percentile`` (default; it halved MinMax's error in a trial
-    here). Calibration inputs are a float32 N×C×H×W array, already preprocessed exactly as
+    ``minmax``, ``entropy`` or ``percentile`` (the default where the table does not choose; it halved
+    MinMax's error in a trial here). Calibration inputs are a float32 N×C×H×W array, already preprocessed exactly as
     the run's model expects; :func:`calibration_batches` draws them from a dataset spec.
 
 Accuracy
@@ -61,6 +72,7 @@ from pipeline.core.errors import (
 from pipeline.core.io import atomic_write
 
 METHODS = ("minmax", "entropy", "percentile")
+FORMATS = ("qdq", "qoperator")
 QUANT_RUNTIMES = ("onnxruntime", "tensorrt")
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_MAX_DROP_PP = TOLERANCES["int8"].max_drop_pp
@@ -233,10 +245,17 @@ class QuantizeResult:
     fused_total: int | None = None
     float_compute_left: dict = field(default_factory=dict)
     seconds: float = 0.0
+    quant_format: str = "qdq"
+    op_types: tuple[str, ...] | None = None
+    float_convs: tuple[str, ...] = ()  # the leading convolutions kept in float (the family's tuning)
+    family: str | None = None
+    tuning: str | None = None  # why the family is quantized this way (INT8_TUNING's evidence)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["excluded_nodes"] = list(self.excluded_nodes)
+        d["float_convs"] = list(self.float_convs)
+        d["op_types"] = None if self.op_types is None else list(self.op_types)
         return d
 
 
@@ -314,15 +333,81 @@ class QuantizeSettings:
     percentile: float = DEFAULT_PERCENTILE
     op_types: tuple[str, ...] | None = None
     calibration_batches: int | None = None
+    quant_format: str = "qdq"
+    float_convs: int = 0  # leading Conv nodes (in graph order: the stem first) kept in float
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", str(self.method).lower())
         _method(self.method)
         _settings(self.runtime)
+        if self.quant_format not in FORMATS:
+            raise UnknownName("quantization format", self.quant_format, list(FORMATS))
+        if self.runtime == "tensorrt" and self.quant_format != "qdq":
+            raise UsageError("TensorRT's explicit quantization reads QDQ models only (quant_format='qdq').")
+        if not (isinstance(self.float_convs, int) and self.float_convs >= 0):
+            raise UsageError(f"float_convs must be a non-negative integer, got {self.float_convs!r}.")
         if not (0 < self.percentile <= 100):
             raise UsageError(f"percentile must be in (0, 100], got {self.percentile}.")
         if self.op_types is not None:
             object.__setattr__(self, "op_types", tuple(self.op_types))
+
+
+@dataclass(frozen=True)
+class Int8Tuning:
+    """How one family is quantized for ONNX Runtime on CPU, and why (``evidence``: what the bench measured)."""
+
+    float_convs: int = 0
+    per_channel: bool = True
+    quant_format: str = "qdq"
+    op_types: tuple[str, ...] | None = None
+    method: str = "percentile"
+    evidence: str = ""
+
+    def settings(self, **overrides: Any) -> QuantizeSettings:
+        return QuantizeSettings(**{"method": self.method, "per_channel": self.per_channel,
+                                   "quant_format": self.quant_format, "op_types": self.op_types,
+                                   "float_convs": self.float_convs, **overrides})
+
+
+_DEPTHWISE = ("stem and first block (depthwise 3x3 + 1x1 over 16-32 channels at half resolution) in float: "
+              "integer kernels were slower than fp32 NCHWc there; per-tensor weights (one scale per layer: no "
+              "per-channel requantization) were faster again at no accuracy cost on the trained models; every "
+              "other op quantized")
+# The per-family table. Evidence: bench/results/int8_speedup.md ("tuning evidence": every alternative timed
+# interleaved with fp32 at φ=0, with the accuracy drop of each on a trained model, and each calibration method).
+# Per-tensor weights can cost accuracy on networks whose channels' weight ranges differ widely (depthwise layers
+# trained on large datasets): make_int8 re-quantizes per-channel when the accuracy gate fails (fallback below).
+INT8_TUNING: dict[str, Int8Tuning] = {
+    "efficientnet": Int8Tuning(float_convs=1, evidence=(
+        "stem in float; all ops quantized (QLinearSigmoid/QLinearMul for swish): quantizing only Conv/Gemm "
+        "left swish and SE in float behind DequantizeLinear/QuantizeLinear and ran slower than fp32")),
+    "efficientnet-lite": Int8Tuning(float_convs=3, per_channel=False, evidence=_DEPTHWISE),
+    "mobilenetv2": Int8Tuning(float_convs=3, per_channel=False, evidence=_DEPTHWISE),
+    "resnet18": Int8Tuning(per_channel=False, evidence=(
+        "everything quantized, per-tensor weights: the 7x7 stem over 64 channels gains from integer kernels "
+        "(keeping it float cost a QuantizeLinear over a large tensor), and one scale per layer was faster")),
+}
+# ResNet-34/50 share ResNet-18's blocks and stem: the same choice, not benchmarked separately.
+INT8_TUNING["resnet34"] = INT8_TUNING["resnet50"] = INT8_TUNING["resnet18"]
+
+
+def family_settings(family: str | None, **overrides: Any) -> QuantizeSettings:
+    """The quantize settings for ``family`` (:data:`INT8_TUNING`; defaults for an unknown or ``None`` family).
+
+    The table is about ONNX Runtime's CPU kernels: for ``runtime="tensorrt"`` only ``overrides`` apply.
+    """
+    if overrides.get("runtime", "onnxruntime") != "onnxruntime" or family not in INT8_TUNING:
+        return QuantizeSettings(**overrides)
+    return INT8_TUNING[family].settings(**overrides)
+
+
+def _leading_convs(path: Path, n: int) -> list[str]:
+    import onnx
+
+    if n <= 0:
+        return []
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node
+            if node.op_type == "Conv"][:n]
 
 
 def _quantize(pre: Path, out: Path, reader, q: QuantizeSettings, *, exclude: Sequence[str] = (),
@@ -339,7 +424,8 @@ def _quantize(pre: Path, out: Path, reader, q: QuantizeSettings, *, exclude: Seq
         kwargs["calibration_cache_path"] = str(cache)
     try:
         with _quiet():
-            quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            quantize_static(str(pre), str(out), reader, per_channel=per_channel,
+                            quant_format=QuantFormat.QDQ if q.quant_format == "qdq" else QuantFormat.QOperator,
                             reduce_range=False, activation_type=s["activation_type"], weight_type=s["weight_type"],
                             nodes_to_exclude=list(exclude), nodes_to_quantize=list(only) if only else None,
                             op_types_to_quantize=list(op_types) if op_types else None,
@@ -352,7 +438,7 @@ def _quantize(pre: Path, out: Path, reader, q: QuantizeSettings, *, exclude: Seq
 
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_inputs: Any,
                   settings: QuantizeSettings | None = None, *, exclude_nodes: Iterable[str] = (), threads: int = 1,
-                  **overrides: Any) -> QuantizeResult:
+                  family: str | None = None, **overrides: Any) -> QuantizeResult:
     """Quantize ``fp32_path`` to a QDQ INT8 model at ``out_path``, calibrated on ``calibration_inputs``.
 
     ``runtime="onnxruntime"``: u8 activations / s8 weights (asymmetric activations), for
@@ -363,10 +449,11 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
     a static batch-1 export) taken from ``calibration_inputs``. ``exclude_nodes`` names
     nodes (as in the fp32 model) to keep in float; an unknown name is a UsageError.
     The output is written atomically. ``overrides`` are :class:`QuantizeSettings` fields
-    (``method="minmax"``, ``runtime="tensorrt"``, ...).
+    (``method="minmax"``, ``runtime="tensorrt"``, ...). ``family`` applies that family's row of
+    :data:`INT8_TUNING` (ONNX Runtime only) where ``settings`` is not given.
     """
     started = time.perf_counter()
-    q = dataclasses.replace(settings or QuantizeSettings(), **overrides)
+    q = dataclasses.replace(settings, **overrides) if settings is not None else family_settings(family, **overrides)
     method, per_channel, runtime, percentile = q.method, q.per_channel, q.runtime, q.percentile
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     input_name, shape = _model_input(fp32_path)
@@ -385,7 +472,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
             raise UsageError(f"cannot exclude unknown node(s) {', '.join(unknown)} of {fp32_path.name}; "
                              f"node names look like: {sample}, ...")
         tmp_out = Path(tmp) / "quantized.onnx"
-        _quantize(pre, tmp_out, reader, q, exclude=exclude)
+        float_convs = tuple(n for n in _leading_convs(pre, q.float_convs) if n not in exclude)
+        _quantize(pre, tmp_out, reader, q, exclude=exclude + float_convs)
         ops = _count_ops(tmp_out)
         if ops.get("QuantizeLinear", 0) == 0:
             raise ModelInvalid(f"quantizing {fp32_path.name} inserted no QuantizeLinear node: nothing was quantized "
@@ -401,7 +489,10 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, calibration_input
         calibration_batches=reader.batches, excluded_nodes=exclude, quantize_linear=ops.get("QuantizeLinear", 0),
         dequantize_linear=ops.get("DequantizeLinear", 0), fused_ops=fused,
         fused_total=sum(fused.values()) if runtime == "onnxruntime" else None, float_compute_left=left,
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3), quant_format=q.quant_format, op_types=q.op_types,
+        float_convs=float_convs, family=family,
+        tuning=INT8_TUNING[family].evidence if settings is None and family in INT8_TUNING and runtime == "onnxruntime"
+        else None)
 
 
 # --- accuracy ----------------------------------------------------------------------------------------------------
@@ -641,7 +732,7 @@ def make_entropy_calibrator(calibration_inputs: Any, cache_path: str | Path, *, 
     return EdgefitEntropyCalibrator()
 
 
-__all__ = ["DEFAULT_MAX_DROP_PP", "METHODS", "QUANT_RUNTIMES", "ArrayCalibrationReader", "GateReport", "LayerError",
-           "QuantizeSettings",
+__all__ = ["DEFAULT_MAX_DROP_PP", "FORMATS", "INT8_TUNING", "METHODS", "QUANT_RUNTIMES", "ArrayCalibrationReader",
+           "GateReport", "Int8Tuning", "LayerError", "QuantizeSettings", "family_settings",
            "QuantizeResult", "SensitivityReport", "calibration_batches", "int8_accuracy_gate", "layer_sensitivity",
            "make_entropy_calibrator", "ort_fused_ops", "quantize_onnx", "validation_set"]

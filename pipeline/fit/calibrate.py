@@ -19,7 +19,6 @@ from pipeline.core.errors import BackendUnavailable
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.settings import TimingSettings, timing
-from pipeline.models import build, initialize
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
 
@@ -43,6 +42,7 @@ class SuiteEntry:
 _ONE_DIM = [(0, 0, -2), (0, 0, 2), (0, -2, 0), (0, 2, 0), (-2, 0, 0), (2, 0, 0)]
 FULL_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry("efficientnet", p) for p in (-3, -2, -1, 0, 1, 2)),
+    *(SuiteEntry("efficientnet-lite", p) for p in (-2, -1, 0, 1, 2)),
     *(SuiteEntry("mobilenetv2", p) for p in (-2, -1, 0, 1, 2)),
     *(SuiteEntry("resnet18", p) for p in (-3, -2, -1, 0, 1)),
     *(SuiteEntry("resnet50", p) for p in (-3, -2, -1, 0)),
@@ -51,6 +51,7 @@ FULL_SUITE: tuple[SuiteEntry, ...] = (
 QUICK_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry(f, p) for f in ("efficientnet", "mobilenetv2", "resnet18") for p in (-2, 0)),
     SuiteEntry("resnet50", -2),
+    SuiteEntry("efficientnet-lite", -1),
     SuiteEntry("efficientnet", dims=(0, 0, 2)),
     SuiteEntry("efficientnet", dims=(0, 2, 0)),
     SuiteEntry("efficientnet", dims=(2, 0, 0)),
@@ -64,8 +65,9 @@ QUICK_TIMING: TimingSettings = timing("calibrate-quick")
 def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precision: str = "fp32",
                  opset: int | None = None) -> dict:
     """Export one suite model to ``path`` (int8: quantized); its scale and static cost (a record without timings)."""
-    from pipeline.cost.trace import model_cost
+    from pipeline.cost.plan import scale_cost
     from pipeline.export.onnx import export_onnx
+    from pipeline.models import build, initialize
 
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
@@ -73,8 +75,8 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
     if precision == "int8":
         from pipeline.fit.steps import quantize_candidate
 
-        quantize_candidate(path, path, "percentile")
-    cost = model_cost(model)
+        quantize_candidate(path, path, family=entry.family)
+    cost = scale_cost(entry.family, scale, num_classes)
     return {"kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
             "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
             "resolution": scale.resolution, "num_classes": num_classes, "params": cost.params, "macs": cost.macs}

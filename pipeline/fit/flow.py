@@ -11,6 +11,7 @@ today, a remote device behind an agent tomorrow); the options come in as the dat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.core.errors import DeployError, ProfileMissing, UsageError, VerificationFailed
 from pipeline.core.io import publish_dir
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.options import PERCENTILES, DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions
 from pipeline.fit.search import Architecture, Budget, SearchResult, enumerate_architectures, search
 from pipeline.fit.steps import (
@@ -37,9 +38,18 @@ from pipeline.fit.steps import (
     weights_for,
 )
 from pipeline.measure.device import Device, LocalDevice
-from pipeline.measure.loop import Measurement, closed_loop, measured_fits, measured_limits, remove_unchosen
+from pipeline.measure.loop import (
+    LoadCheck,
+    Measurement,
+    check_shipped,
+    closed_loop,
+    from_device,
+    measured_limits,
+    remove_unchosen,
+)
 from pipeline.measure.settings import TimingSettings, timing
 from pipeline.models.weights import load_weights
+from pipeline.predict.predictor import load_predictor  # at start-up: the search step's clock counts no imports
 from pipeline.record.rundir import parse_record, write_record
 from pipeline.record.verdict import judge_record
 
@@ -52,6 +62,7 @@ if TYPE_CHECKING:
 # such held-out cases on the shipped published profiles (bench/results/predictor_published.md).
 UNKNOWN_ERROR_MARGIN_PCT = 50.0
 TIMING: TimingSettings = timing("fit")  # per measurement: warm-up, then rounds (pipeline.measure.settings)
+RECHECK: TimingSettings = timing("fit-recheck")  # the load check of a contradicting re-measurement
 
 
 @dataclass
@@ -73,6 +84,9 @@ class FitContext:
     device: Device | None = None
     measured_on: dict = field(default_factory=dict)  # architecture index -> its latest DeviceMeasurement
     log: Callable[[str], None] = lambda _: None
+    search_seconds: float | None = None  # the whole search step: predictor, enumeration, search
+    family_choice: dict | None = None  # --family auto: every family's pick and the rule (pipeline.fit.auto)
+    loop_notes: list[str] = field(default_factory=list)  # why the closed loop stopped short of a measured bracket
 
     @property
     def family(self) -> str:
@@ -93,18 +107,23 @@ def _run_dir(out: str | Path | None, target: str, force: bool) -> Path:
 
 
 def _predictor(target, precision: str, threads: int | None, log: Callable[[str], None], progress):
-    from pipeline.fit.calibrate import calibrate
-    from pipeline.predict.predictor import load_predictor
-
     try:
         return load_predictor(target, precision, threads)
     except ProfileMissing:
         if not target.measurable:
             raise
+        from pipeline.fit.calibrate import calibrate
+
         log(f"no {precision} profile for this machine at {threads} threads: calibrating first with the quick "
             "suite (about a minute for fp32, two for int8; run `deploy calibrate --target host` for the full one).")
         calibrate(target, precision, threads, quick=True, progress=progress)
         return load_predictor(target, precision, threads)
+
+
+def fit_predictor(target, precision: str, threads: int | None, log: Callable[[str], None] = lambda _: None,
+                  progress=None):
+    """The predictor ``deploy fit`` searches with (calibrating ``host`` first when it has no profile)."""
+    return _predictor(target, precision, threads, log, progress)
 
 
 def check_budget(budget: Budget) -> Budget:
@@ -135,8 +154,12 @@ def _device(target, threads: int, options: DeviceOptions, log: Callable[[str], N
 
 def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = None, precision: str | None = None,
         data: DataOptions | None = None, int8: Int8Options | None = None, run: RunOptions | None = None,
-        device: DeviceOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None) -> dict:
-    """Search, export, measure (when the target is measurable) and report. Returns fit.json's object."""
+        device: DeviceOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None,
+        family_choice: dict | None = None) -> dict:
+    """Search, export, measure (when the target is measurable) and report. Returns fit.json's object.
+
+    ``family_choice`` (from :func:`pipeline.fit.auto.choose_family`) is recorded as is.
+    """
     from pipeline.models import check_family
     from pipeline.predict.targets import load_target
 
@@ -150,6 +173,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
     ctx = FitContext(tgt, tgt.check_precision(precision), budget, search_options, data, int8, run, threads,
                      run.num_classes or num_classes_of(data.data), log=log)
     ctx.device = _device(tgt, threads, device, log)
+    ctx.family_choice = family_choice
     run_dir = _run_dir(run.out, tgt.name, run.force)
     _search(ctx, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
@@ -174,6 +198,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
 def _search(ctx: FitContext, progress) -> None:
     """Fit the predictor, enumerate the distinct architectures and pick the largest predicted to fit."""
     lo, hi = ctx.search.phi_range
+    started = time.perf_counter()
     ctx.predictor = _predictor(ctx.target, ctx.precision, ctx.threads, ctx.log, progress)
     ctx.predictor.check_percentile(ctx.budget.percentile)
     error = ctx.predictor.error_for(ctx.family)
@@ -187,8 +212,10 @@ def _search(ctx: FitContext, progress) -> None:
     index = {id(a): i for i, a in enumerate(ctx.archs)}
     ctx.result = search(ctx.archs, lambda a: ctx.predict_arch(index[id(a)]), ctx.budget, margin,
                         ctx.target.memory_mb, ctx.num_classes, memory_margin_pct=mem_margin)
+    ctx.search_seconds = round(time.perf_counter() - started, 3)
     ctx.log(f"search: {ctx.result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
-            f"φ={ctx.result.chosen.phi:g} ({ctx.result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%)")
+            f"φ={ctx.result.chosen.phi:g} ({ctx.result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%); "
+            f"search took {ctx.search_seconds:.2f} s")
 
 
 def _relative_paths(data, run: Path):
@@ -215,10 +242,17 @@ def _candidate(ctx: FitContext, run: Path, i: int, opset: int) -> Path:
     if ctx.run.weights is not None:
         load_weights(model, ctx.run.weights, hint=WEIGHTS_HINT)
     path = run / f"candidate-{i}.onnx"
-    export_onnx(model, path, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
-    if ctx.precision == "int8":
-        quantize_candidate(path, path, ctx.int8.calibration_method)
+    if ctx.precision == "int8":  # the fp32 export is kept: shipped untrained, it becomes model.fp32.onnx as is
+        fp32 = export_onnx(model, candidate_fp32(path), dynamic_batch=ctx.run.dynamic_batch, opset=opset).path
+        quantize_candidate(Path(fp32), path, ctx.int8.calibration_method, ctx.family)
+    else:
+        export_onnx(model, path, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
     return path
+
+
+def candidate_fp32(path: Path) -> Path:
+    """Where an int8 candidate keeps its fp32 export (``candidate-3.onnx`` -> ``candidate-3.fp32.onnx``)."""
+    return path.with_suffix(".fp32.onnx")
 
 
 def _finish(ctx: FitContext, run: Path) -> dict:
@@ -232,44 +266,70 @@ def _finish(ctx: FitContext, run: Path) -> dict:
     measurements: list[Measurement] = []
     chosen = ctx.result.chosen.index
     if ctx.device is not None:
-        chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log)
+        chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log,
+                                           ctx.loop_notes)
         remove_unchosen(measurements, chosen)
     model, preprocess, training = weights_for(run, ctx.family, ctx.archs[chosen].scale, ctx.num_classes,
                                               ctx.run.weights, ctx.data, ctx.log)
     fp32 = run / ("model.fp32.onnx" if ctx.precision == "int8" else "model.onnx")
-    export_onnx(model, fp32, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
+    final = next((m for m in measurements if m.index == chosen), None)
+    # the measured candidate has the weights that ship unless training gave new ones: its export is the one to ship
+    timed_fp32 = None if final is None or training is not None else (
+        candidate_fp32(Path(final.onnx)) if ctx.precision == "int8" else Path(final.onnx))
+    if timed_fp32 is not None and timed_fp32.is_file():
+        shutil.copyfile(timed_fp32, fp32)
+    else:
+        export_onnx(model, fp32, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
     par = parity(model, fp32, n=8, precision="fp32")
     if not par:
         raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")
     int8 = None
     if ctx.precision == "int8":
         int8 = make_int8(run, fp32, ctx.archs[chosen].scale.resolution, preprocess, ctx.data, ctx.int8,
-                         training is not None, ctx.log)
-    final = next((m for m in measurements if m.index == chosen), None)
+                         training is not None, ctx.log, ctx.family)
+    check = None
     if final is not None:
         shipped, timed = run / "model.onnx", Path(final.onnx)
         if shipped.read_bytes() != timed.read_bytes():  # trained or recalibrated: time the file that ships
-            final = measure(chosen, shipped)
+            earlier, final = final, measure(chosen, shipped)
             ctx.log(f"re-measured the shipped model: p{ctx.budget.percentile} "
                     f"{final.latency_at(ctx.budget.percentile):.2f} ms")
+            final, check = check_shipped(earlier, final, lambda: _measure_file(ctx, shipped, chosen, RECHECK),
+                                         ctx.budget, ctx.log)
         timed.unlink(missing_ok=True)
+        candidate_fp32(timed).unlink(missing_ok=True)
+        if final.memory_mb is None:
+            mem, _ = ctx.device.peak_memory(shipped)
+            final = dataclasses.replace(final, memory_mb=None if mem is None else round(mem, 2))
     accuracy = verify_accuracy_step(run, ctx.data, ctx.precision, ctx.threads)
     return _record(ctx, chosen, measurements, final,
-                   {"parity": par.to_dict(), "int8": int8, "training": training, "accuracy": accuracy, "run": run})
+                   {"parity": par.to_dict(), "int8": int8, "training": training, "accuracy": accuracy, "run": run,
+                    "noise": _noise(measurements, final, check)})
 
 
-def _measure_file(ctx: FitContext, path: Path, i: int) -> Measurement:
-    """Time ``path`` (architecture ``i``) on the fit's device and judge it against the budget."""
-    arch, budget, predicted = ctx.archs[i], ctx.budget, ctx.predict_arch(i)[0]
-    m = ctx.device.measure(path, TIMING, precision=ctx.precision)
+def _measure_file(ctx: FitContext, path: Path, i: int, settings: TimingSettings = TIMING) -> Measurement:
+    """Time ``path`` (architecture ``i``) on the fit's device (with the reference model where it can) and judge it
+    against the budget."""
+    arch = ctx.archs[i]
+    # peak memory takes a child process (seconds): measured per candidate only when a memory budget needs it,
+    # else once, for the model that ships (_finish)
+    m = ctx.device.measure(path, settings, precision=ctx.precision, reference=ctx.device.supports_reference,
+                           memory=ctx.budget.memory_mb is not None)
     ctx.measured_on[i] = m
-    t, mem = m.latency, m.memory_mb
-    # p50 budgets are judged on the slowest round: what a re-timing a moment later may well see
-    stat = {50: t.worst_round_p50_ms, 90: t.p90_ms, 99: t.p99_ms}[budget.percentile]
-    return Measurement(i, arch.phi, arch.scale.resolution, round(predicted, 4), round(t.p50_ms, 4),
-                       round(t.p90_ms, 4), round(t.p99_ms, 4), None if mem is None else round(mem, 2), t.n,
-                       ctx.threads, measured_fits(stat, mem, budget), round(100 * (t.p50_ms / predicted - 1), 2),
-                       str(path), round(t.worst_round_p50_ms, 4))
+    return from_device(m, i, arch.phi, arch.scale.resolution, ctx.predict_arch(i)[0], ctx.budget, path)
+
+
+def _noise(measurements: list[Measurement], final: Measurement | None, check: LoadCheck | None) -> dict | None:
+    """fit.json's ``noise``: the reference model's timings next to every measurement, their drift, the load check."""
+    from pipeline.measure.reference import REFERENCE_NAME
+
+    refs = [m.reference_ms for m in measurements if m.reference_ms is not None]
+    if final is None or not refs:
+        return None
+    every = refs + ([final.reference_ms] if final.reference_ms is not None else [])
+    return {"reference": REFERENCE_NAME, "reference_ms": {str(m.index): m.reference_ms for m in measurements},
+            "shipped_reference_ms": final.reference_ms, "drift_pct": round(100 * (max(every) / min(every) - 1), 2),
+            "check": None if check is None else check.to_dict()}
 
 
 def _agent_fields(ctx: FitContext, i: int) -> dict:
@@ -312,7 +372,9 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "latency_ms_worst_round": final.latency_ms_worst_round,
         "when": ctx.measured_on[chosen].when, "repeats": final.repeats, **_agent_fields(ctx, chosen)}
     nxt = next((m for m in measurements if m.index == chosen + 1), None)
-    reason = _measured_rejection(nxt, budget) if nxt is not None else result.reason_next_rejected
+    reason = (_measured_rejection(nxt, budget) if nxt is not None else
+              f"φ={archs[chosen + 1].phi:g}: {ctx.loop_notes[-1]}" if ctx.loop_notes and chosen + 1 < len(archs) else
+              result.reason_next_rejected)
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
     opts = ctx.data
@@ -344,8 +406,10 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "search": {"architectures": result.architectures, "margin_pct": result.margin_pct,
                    "memory_margin_pct": result.memory_margin_pct,
                    "predictor_choice_phi": result.chosen.phi, "reason_next_rejected": reason,
-                   "seconds": result.seconds},
+                   "seconds": result.seconds, "step_seconds": ctx.search_seconds},
         "parity": extra["parity"],
+        "noise": extra["noise"],
+        "family_choice": ctx.family_choice,
         "weights": ("trained on " + opts.data if extra["training"] else str(weights) if weights else
                     "deterministic initialisation (seed 0): the accuracy check covers export fidelity only"),
         "host": {"python": platform.python_version(), "machine": platform.machine()},

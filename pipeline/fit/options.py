@@ -64,7 +64,7 @@ class Int8Options:
     """INT8: the calibration set and method, nodes kept in float, and the accuracy gate (percentage points)."""
 
     calibration_data: str | None = None
-    calibration_method: str = "percentile"
+    calibration_method: str | None = None  # None: the family's tuned method (pipeline.export.quantize.INT8_TUNING)
     calibration_samples: int = 256
     exclude: tuple[str, ...] = ()
     max_drop_pp: float = 1.0
@@ -74,7 +74,7 @@ class Int8Options:
         return self.calibration_data or data.data or "builtin:digits"
 
     def check(self) -> Int8Options:
-        if self.calibration_method not in CALIBRATION_METHODS:
+        if self.calibration_method is not None and self.calibration_method not in CALIBRATION_METHODS:
             raise UsageError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)}.")
         if self.calibration_samples < 1 or self.max_drop_pp < 0:
             raise UsageError("--calibration-samples must be >= 1 and --int8-max-drop-pp >= 0.")

@@ -90,6 +90,37 @@ def _precision_lines(fit: RunRecord) -> list[str]:
     return lines + [""]
 
 
+def family_choice_lines(fit: RunRecord) -> list[str]:
+    """``--family auto``: every family's best predicted fit side by side, and the rule that chose."""
+    choice = fit.family_choice
+    if choice is None:
+        return []
+    lines = ["## Family choice (`--family auto`)", "", f"Rule: {choice.rule}.", "",
+             "| family | fits | φ | resolution | params | MACs (M) | predicted ms | margin % | expected top-1 % | "
+             "from | |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in choice.families:
+        mark = "**chosen**" if p.family == choice.chosen else ""
+        if not p.fits:
+            lines.append(f"| {p.family} | no | | | | | | {p.margin_pct or 0:.1f} | | {p.reason} | |")
+            continue
+        lines.append(f"| {p.family} | yes | {p.phi:g} | {p.resolution} | {p.params:,} | {p.macs / 1e6:.1f} | "
+                     f"{p.predicted_latency_ms:.2f} | {p.margin_pct:.1f} | {p.expected_top1:.1f} | "
+                     f"{p.expected_how}: {', '.join(p.expected_from)} | {mark} |")
+    return lines + [""]
+
+
+def noise_lines(fit: RunRecord) -> list[str]:
+    """The reference model's drift during the run, and the load check when one ran."""
+    noise = fit.noise
+    if noise is None:
+        return []
+    lines = ["## Noise", "", f"The reference model ({noise.reference}) was timed next to every measurement; it "
+             f"drifted by {noise.drift_pct:.1f}% over the run (slowest over fastest timing).", ""]
+    if noise.check is not None:
+        lines += [f"Load check ({noise.check.verdict}): {noise.check.detail}.", ""]
+    return lines
+
+
 def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
     """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence.
 
@@ -117,6 +148,8 @@ def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
         f"Verified: latency {v.latency}, memory {v.memory}, accuracy {v.accuracy}.", "",
         f"![latency vs φ]({png.name})", "",
     ]
+    lines += family_choice_lines(fit)
+    lines += noise_lines(fit)
     if fit.measurements:
         lines += ["## Measurements on the device", "",
                   "| φ | resolution | predicted ms | measured p50 | p90 | memory MiB | error | fits |",

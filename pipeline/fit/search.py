@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.core.budget import Budget
 from pipeline.core.errors import BudgetInfeasible
 from pipeline.core.scaling import CompoundScaling, Scale
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.options import DEFAULT_PHI_RANGE
 from pipeline.models import signature
 

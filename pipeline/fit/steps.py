@@ -28,12 +28,15 @@ def num_classes_of(spec: str | None, default: int = 1000) -> int:
     return len(load_dataset(spec).classes)
 
 
-def quantize_candidate(fp32: Path, out: Path, method: str) -> Path:
-    """INT8 copy of a candidate for timing only (random calibration; scales do not change speed)."""
+def quantize_candidate(fp32: Path, out: Path, method: str | None = None, family: str | None = None) -> Path:
+    """INT8 copy of a candidate for timing only (random calibration; scales do not change speed).
+
+    ``family`` applies its tuning (which ops stay float changes speed); ``method`` None: the family's.
+    """
     from pipeline.export.quantize import quantize_onnx
 
     x = np.random.default_rng(0).standard_normal(_input_shape(fp32, CANDIDATE_CALIBRATION)).astype(np.float32)
-    quantize_onnx(fp32, out, x, method=method)
+    quantize_onnx(fp32, out, x, family=family, **({"method": method} if method else {}))
     return out
 
 
@@ -83,7 +86,7 @@ def default_preprocess(spec: str, resolution: int):
 
 
 def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOptions, opts: Int8Options,
-              trained: bool, log: Callable[[str], None]) -> dict:
+              trained: bool, log: Callable[[str], None], family: str | None = None) -> dict:
     """Quantize ``fp32`` into ``run/model.onnx`` with the run's calibration set, and gate its accuracy."""
     from pipeline.export.quantize import (
         calibration_batches,
@@ -96,8 +99,8 @@ def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOpti
     spec = opts.calibration_spec(data)
     pp = preprocess or default_preprocess(spec, resolution)
     calib = calibration_batches(spec, pp, opts.calibration_samples)
-    q = quantize_onnx(fp32, run / "model.onnx", calib, method=opts.calibration_method,
-                      exclude_nodes=opts.exclude)
+    method = {"method": opts.calibration_method} if opts.calibration_method else {}
+    q = quantize_onnx(fp32, run / "model.onnx", calib, exclude_nodes=opts.exclude, family=family, **method)
     x, y = validation_set(spec, pp)
     gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y if trained else None, opts.max_drop_pp,
                               raise_on_failure=False)
@@ -109,6 +112,14 @@ def make_int8(run: Path, fp32: Path, resolution: int, preprocess, data: DataOpti
             f"{100 * gate.agreement:.1f}%); pass --data and --train-epochs to gate it")
         return record
     log(gate.summary())
+    if not gate and not q.per_channel:
+        # the family's tuning chose per-tensor weights for speed; per-channel is the accurate fallback
+        log("int8 gate failed with per-tensor weights: quantizing again with per-channel weights")
+        q = quantize_onnx(fp32, run / "model.onnx", calib, exclude_nodes=opts.exclude, family=family,
+                          per_channel=True, **method)
+        gate = int8_accuracy_gate(fp32, run / "model.onnx", x, y, opts.max_drop_pp, raise_on_failure=False)
+        record.update(quantization=q.to_dict(), gate=gate.to_dict(), per_tensor_gate=record["gate"])
+        log(gate.summary())
     if not gate:
         sens = layer_sensitivity(fp32, calib, x, y if trained else None, max_layers=12)
         record["sensitivity"] = [layer.to_dict() for layer in sens.top(5)]

@@ -201,8 +201,11 @@ class AgentDevice(Device):
         return f"{self.target.name}: {self.facts().get('model', '?')} (agent {self.url})"
 
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        """Send ``model``'s bytes to the agent and time them there (``memory`` is measured whenever it can be)."""
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        """Send ``model``'s bytes to the agent and time them there (``memory`` is measured whenever it can be).
+
+        The agent has no reference model (``supports_reference`` is False): ``reference`` is ignored.
+        """
         data = Path(model).read_bytes()
         sent = sha256_bytes(data)
         query = {"runtime": self.target.runtime, "precision": precision, **settings_query(settings)}

@@ -48,6 +48,8 @@ class DeviceMeasurement:
     memory_method: str | None = None
     facts: dict = field(default_factory=dict)
     agent: str | None = None  # the measurement agent's URL when a remote device timed it
+    # the reference model (pipeline.measure.reference) timed after each round of this one, when asked for
+    reference: Timing | None = None
 
     @property
     def method(self) -> str:
@@ -65,6 +67,8 @@ class Device(abc.ABC):
 
     name: str
     slots: int = 1  # models it can time at once without disturbing each other (a farm: one per agent)
+    # whether ``measure(..., reference=True)`` can time the reference model next to the real one
+    supports_reference: bool = False
 
     @abc.abstractmethod
     def facts(self) -> dict:
@@ -72,8 +76,13 @@ class Device(abc.ABC):
 
     @abc.abstractmethod
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        """Time ``model`` (an ONNX file) with ``settings``; ``memory`` also measures its peak memory."""
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        """Time ``model`` (an ONNX file) with ``settings``; ``memory`` also measures its peak memory;
+        ``reference`` also times the reference model after each round (where ``supports_reference``)."""
+
+    def peak_memory(self, model: str | Path) -> tuple[float | None, str | None]:
+        """Peak memory of ``model`` alone, without timing it: ``(MiB, method)``, ``(None, why)`` where it cannot be."""
+        return None, f"not measured: {type(self).__name__} measures memory only with a timing"
 
 
 def now() -> str:
@@ -93,6 +102,7 @@ class LocalDevice(Device):
         self.runtime = get_runtime(LOCAL_RUNTIMES[target.runtime], threads=self.threads)
         self.name = target.name
         self._facts: dict | None = None
+        self.supports_reference = self.runtime.name == "onnxruntime"
 
     def runtime_info(self) -> dict:
         """``{"name", "version", "provider", "label"}`` of the runtime that measures here."""
@@ -118,20 +128,32 @@ class LocalDevice(Device):
         return f"{self.target.name}: {self.facts()['cpu_model']}"
 
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        from pipeline.measure.timing import time_session
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        from pipeline.measure.timing import time_session, time_session_with_reference
 
         model = Path(model)
         runtime = self.runtime_info()
+        ref_timing = None
         with tempfile.TemporaryDirectory(prefix="edgefit-measure-") as work:
             artifact = self.runtime.prepare(model, work, precision, target=self.target)
             session = self.runtime.load(artifact, threads=self.threads)
-            latency = time_session(session, settings)
+            if reference and self.supports_reference:
+                from pipeline.measure.reference import reference_model_path
+
+                ref = self.runtime.load(reference_model_path(), threads=self.threads)
+                latency, ref_timing = time_session_with_reference(session, ref, settings)
+                del ref
+            else:
+                latency = time_session(session, settings)
             del session
         mem, how = self._memory(model) if memory else (None, None)
         return DeviceMeasurement(latency=latency, memory_mb=mem, device=self.label, runtime=runtime,
                                  threads=self.threads, settings=settings, when=now(),
-                                 model_sha256=sha256_file(model), memory_method=how, facts=self.facts())
+                                 model_sha256=sha256_file(model), memory_method=how, facts=self.facts(),
+                                 reference=ref_timing)
+
+    def peak_memory(self, model: str | Path) -> tuple[float | None, str | None]:
+        return self._memory(Path(model))
 
     def _memory(self, model: Path) -> tuple[float | None, str | None]:
         """Peak memory in a child process; only ONNX Runtime has a child harness today."""

@@ -126,8 +126,11 @@ class Farm(Device):
             self._cond.notify_all()
 
     def measure(self, model: str | Path, settings: TimingSettings, *, precision: str = "fp32",
-                memory: bool = True) -> DeviceMeasurement:
-        """Time ``model`` on the first free agent; an agent that stops answering is dropped and the job re-sent."""
+                memory: bool = True, reference: bool = False) -> DeviceMeasurement:
+        """Time ``model`` on the first free agent; an agent that stops answering is dropped and the job re-sent.
+
+        Agents time no reference model (``supports_reference`` is False), so ``reference`` is ignored.
+        """
         while True:
             agent = self._take()
             try:

@@ -55,6 +55,9 @@ TIMING: dict[str, TimingSettings] = {
     # fit's closed loop: 3 rounds, because the same session drifted 4-16 % between one-second
     # rounds on the 2-core dev VM; a p50 budget is judged on the slowest round.
     "fit": TimingSettings(warmup=10, min_repeats=20, min_time_s=0.5, rounds=3),
+    # a shipped file that contradicts its earlier measurement: timed again, each round next to the reference
+    # model (pipeline.measure.loop.check_shipped); more, shorter rounds give the load check more pairs
+    "fit-recheck": TimingSettings(warmup=10, min_repeats=15, min_time_s=0.3, rounds=6),
     # the calibration suite: one long round per model (the predictor wants a stable p50)
     "calibrate": TimingSettings(warmup=10, min_repeats=30, min_time_s=1.5),
     "calibrate-quick": TimingSettings(warmup=3, min_repeats=10, min_time_s=0.4),

@@ -56,6 +56,7 @@ class Timing:
     total_s: float
     threads: int | None = None
     round_p50_ms: tuple[float, ...] | None = None
+    round_mean_ms: tuple[float, ...] | None = None  # each round's mean: time-slicing inflates it in proportion
 
     @property
     def worst_round_p50_ms(self) -> float:
@@ -71,7 +72,8 @@ class Timing:
 
     @classmethod
     def from_samples(cls, samples_ns: list[int] | np.ndarray, *, warmup: int, threads: int | None = None,
-                     round_p50_ms: tuple[float, ...] | None = None) -> Timing:
+                     round_p50_ms: tuple[float, ...] | None = None,
+                     round_mean_ms: tuple[float, ...] | None = None) -> Timing:
         """Statistics of per-call durations given in nanoseconds."""
         ns = np.asarray(samples_ns, dtype=np.float64)
         if ns.size == 0:
@@ -93,6 +95,7 @@ class Timing:
             total_s=float(ns.sum() / 1e9),
             threads=threads,
             round_p50_ms=round_p50_ms,
+            round_mean_ms=round_mean_ms,
         )
 
 
@@ -245,6 +248,43 @@ def time_session(session, settings=None, *, inputs: np.ndarray | None = None, se
                                round_p50_ms=tuple(medians) if rounds > 1 else None)
 
 
+REFERENCE_ROUND = {"warmup": 5, "min_repeats": 20, "min_time_s": 0.1}  # the reference's share of every round
+
+
+def time_session_with_reference(session, reference, settings=None, *, seed: int = 0,
+                                max_time_s: float | None = None, **overrides: Any) -> tuple[Timing, Timing]:
+    """:func:`time_session`, with the ``reference`` session timed right after each round of ``session``.
+
+    Returns ``(model, reference)``, both with ``round_p50_ms`` (one entry per round, always, even for one
+    round) so that a caller can pair round *r* of the model with round *r* of the reference: the two were
+    timed a fraction of a second apart, under the same load (:mod:`pipeline.measure.reference`).
+    """
+    import dataclasses
+
+    from pipeline.measure.settings import TimingSettings
+
+    s = dataclasses.replace(settings or TimingSettings(warmup=10, min_repeats=30, min_time_s=1.0), **overrides)
+    call = session.bind(session.example_input(seed))
+    ref = reference.bind(reference.example_input(seed))
+    samples: list[int] = []
+    ref_samples: list[int] = []
+    medians, ref_medians, ref_means = [], [], []
+    for r in range(s.rounds):
+        chunk = _timed_calls(call, warmup=s.warmup if r == 0 else 0, min_repeats=s.min_repeats,
+                             min_time_s=s.min_time_s, max_repeats=10_000, max_time_s=max_time_s)
+        ref_chunk = _timed_calls(ref, warmup=REFERENCE_ROUND["warmup"] if r == 0 else 0,
+                                 min_repeats=REFERENCE_ROUND["min_repeats"], min_time_s=REFERENCE_ROUND["min_time_s"],
+                                 max_repeats=10_000, max_time_s=None)
+        samples += chunk
+        ref_samples += ref_chunk
+        medians.append(float(np.median(chunk)) / 1e6)
+        ref_medians.append(float(np.median(ref_chunk)) / 1e6)
+        ref_means.append(float(np.mean(ref_chunk)) / 1e6)
+    return (Timing.from_samples(samples, warmup=s.warmup, threads=session.threads, round_p50_ms=tuple(medians)),
+            Timing.from_samples(ref_samples, warmup=REFERENCE_ROUND["warmup"], threads=reference.threads,
+                                round_p50_ms=tuple(ref_medians), round_mean_ms=tuple(ref_means)))
+
+
 def time_onnx(
     model: str | Path | bytes,
     *,
@@ -266,4 +306,5 @@ def time_onnx(
                         max_time_s=max_time_s, seed=seed, rounds=rounds)
 
 
-__all__ = ["Timing", "compare_interleaved", "time_callable", "time_onnx", "time_session"]
+__all__ = ["REFERENCE_ROUND", "Timing", "compare_interleaved", "time_callable", "time_onnx", "time_session",
+           "time_session_with_reference"]

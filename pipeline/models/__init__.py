@@ -1,77 +1,26 @@
-"""Scalable model families: ``build(family, scale, num_classes)``."""
+"""Scalable model families: ``build(family, scale, num_classes)``; ``plan``/``signature`` without torch.
+
+``check_family``, ``plan`` and ``signature`` (:mod:`pipeline.models.plans`) are imported eagerly and
+need no torch, so searching and costing architectures stays light; everything that builds a network
+(``FAMILIES``, ``build``, ``initialize``, ``ScalableNet`` …) is loaded, with torch, on first use.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import Any
 
-from pipeline.core.errors import FamilyNotFound
-from pipeline.core.scaling import Scale
-from pipeline.models.base import ScalableNet, StageSpec
-from pipeline.models.efficientnet import EfficientNet
-from pipeline.models.mobilenetv2 import MobileNetV2
-from pipeline.models.resnet import ResNet18, ResNet34, ResNet50
+from pipeline.models.plans import check_family, plan, signature
 
-FAMILIES: dict[str, type[ScalableNet]] = {
-    cls.family: cls for cls in (EfficientNet, MobileNetV2, ResNet18, ResNet34, ResNet50)
-}
+_TORCH_NAMES = {"FAMILIES": "registry", "build": "registry", "initialize": "registry", "ScalableNet": "base",
+                "StageSpec": "base", "torch_threads": "base"}
 
-__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "initialize", "check_family", "signature"]
+__all__ = ["FAMILIES", "ScalableNet", "StageSpec", "build", "check_family", "initialize", "plan", "signature",
+           "torch_threads"]
 
 
-def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise FamilyNotFound("family", family, list(FAMILIES))
-    return family
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        import importlib
 
-
-def build(family: str, scale: Scale, num_classes: int = 1000, device: str | torch.device = "cpu") -> ScalableNet:
-    """Build ``family`` at ``scale``. ``device="meta"`` builds without allocating weights (for costing)."""
-    cls = FAMILIES[check_family(family)]
-    with torch.device(device):
-        model = cls(scale, num_classes)
-    return model.eval()
-
-
-def signature(family: str, scale: Scale) -> tuple:
-    """What makes two scales the same network: the channel/block plan and the resolution.
-
-    Distinct φ values often round to the same architecture; the search works on these keys.
-    """
-    return FAMILIES[check_family(family)].plan(scale), scale.resolution
-
-
-@torch.no_grad()
-def initialize(model: ScalableNet, seed: int = 0, calibration_batches: int = 1, batch: int = 8) -> ScalableNet:
-    """Deterministic init whose outputs depend on the input.
-
-    PyTorch's default init with untrained BatchNorm statistics (mean 0, var 1) makes
-    activations explode or vanish through depth, so logits barely depend on the input
-    and a parity check between runtimes means nothing. We use He init and then set every
-    BatchNorm's running statistics from a few seeded random batches (a data-free
-    "BN recalibration"), which normalises each layer like a trained network would.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.normal_(m.bias, std=0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.uniform_(m.weight, 0.5, 1.5)
-                nn.init.normal_(m.bias, std=0.1)
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the calibration batches
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=1.0 / m.in_features**0.5)
-                nn.init.zeros_(m.bias)
-        res = min(model.resolution, 128)  # BN statistics barely depend on resolution; keep this cheap
-        model.train()
-        for _ in range(calibration_batches):
-            model(torch.randn(batch, 3, res, res))
-        model.eval()
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.momentum = 0.1
-    return model
+        return getattr(importlib.import_module(f"pipeline.models.{_TORCH_NAMES[name]}"), name)
+    raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")

@@ -60,16 +60,22 @@ class StochasticDepth(nn.Module):
 
 
 class MBConv(nn.Module):
-    """EfficientNet inverted bottleneck: expand 1x1, depthwise kxk, SE, project 1x1."""
+    """EfficientNet inverted bottleneck: expand 1x1, depthwise kxk, SE, project 1x1.
 
-    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, drop: float):
+    ``act`` and ``se`` exist for EfficientNet-Lite, which uses ReLU6 and no SE (both
+    quantize badly); the defaults are EfficientNet's SiLU with SE.
+    """
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, drop: float,
+                 act: type[nn.Module] = nn.SiLU, se: bool = True):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = []
         if expand != 1:
-            layers.append(conv_bn_act(cin, hidden, 1))
-        layers.append(conv_bn_act(hidden, hidden, kernel, stride, groups=hidden))
-        layers.append(SqueezeExcitation(hidden, max(1, cin // 4)))
+            layers.append(conv_bn_act(cin, hidden, 1, act=act))
+        layers.append(conv_bn_act(hidden, hidden, kernel, stride, groups=hidden, act=act))
+        if se:
+            layers.append(SqueezeExcitation(hidden, max(1, cin // 4)))
         layers.append(conv_bn_act(hidden, cout, 1, act=None))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.core.scaling import Scale
 from pipeline.models.base import ScalableNet, StageSpec
 from pipeline.models.blocks import MBConv, conv_bn_act
-
-# expand, kernel, stride, in channels, out channels, repeats (B0)
-BASE_STAGES = [
-    (1, 3, 1, 32, 16, 1),
-    (6, 3, 2, 16, 24, 2),
-    (6, 5, 2, 24, 40, 2),
-    (6, 3, 2, 40, 80, 3),
-    (6, 5, 1, 80, 112, 3),
-    (6, 5, 2, 112, 192, 4),
-    (6, 3, 1, 192, 320, 1),
-]
-STOCHASTIC_DEPTH = 0.2
-HEAD_EXPANSION = 4  # head channels = 4 x last stage channels (1280 for B0)
+from pipeline.models.plans import EFFICIENTNET_STAGES as BASE_STAGES
+from pipeline.models.plans import STOCHASTIC_DEPTH, efficientnet_plan
 
 
 class EfficientNet(ScalableNet):
@@ -32,8 +21,7 @@ class EfficientNet(ScalableNet):
     @staticmethod
     def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
         """(stem channels, ((channels, blocks) per stage), head channels): the architecture, unbuilt."""
-        stages = tuple((make_divisible(c * scale.width), round_repeats(n, scale.depth)) for *_, c, n in BASE_STAGES)
-        return make_divisible(BASE_STAGES[0][3] * scale.width), stages, HEAD_EXPANSION * stages[-1][0]
+        return efficientnet_plan(scale)
 
     def __init__(self, scale: Scale, num_classes: int = 1000):
         stem_ch, plan, head_ch = self.plan(scale)

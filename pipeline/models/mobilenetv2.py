@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.core.scaling import Scale
 from pipeline.models.base import ScalableNet, StageSpec
 from pipeline.models.blocks import InvertedResidual, conv_bn_act
+from pipeline.models.plans import MOBILENETV2_STAGES as BASE_STAGES
+from pipeline.models.plans import mobilenetv2_plan
 
-# expand t, channels c, repeats n, stride s (the paper's Table 2)
-BASE_STAGES = [
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
-]
-STEM, LAST = 32, 1280
 DROPOUT = 0.2
 
 
@@ -22,9 +19,7 @@ class MobileNetV2(ScalableNet):
     @staticmethod
     def plan(scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
         """(stem channels, ((channels, blocks) per stage), head channels): the architecture, unbuilt."""
-        stages = tuple((make_divisible(c * scale.width), round_repeats(n, scale.depth)) for _, c, n, _ in BASE_STAGES)
-        # the reference never shrinks the head below 1280
-        return make_divisible(STEM * scale.width), stages, make_divisible(LAST * max(1.0, scale.width))
+        return mobilenetv2_plan(scale)
 
     def __init__(self, scale: Scale, num_classes: int = 1000):
         stem_ch, plan, last_ch = self.plan(scale)

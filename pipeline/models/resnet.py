@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.core.scaling import Scale, make_divisible, round_repeats
+from pipeline.core.scaling import Scale
 from pipeline.models.base import ScalableNet, StageSpec
 from pipeline.models.blocks import BasicBlock, Bottleneck, conv_bn_act
-
-PLANES = (64, 128, 256, 512)
-STEM = 64
+from pipeline.models.plans import RESNET_REPEATS, resnet_plan
 
 
 class _ResNet(ScalableNet):
@@ -24,9 +22,7 @@ class _ResNet(ScalableNet):
     @classmethod
     def plan(cls, scale: Scale) -> tuple[int, tuple[tuple[int, int], ...], int]:
         """(stem channels, ((planes, blocks) per stage), head channels): the architecture, unbuilt."""
-        stages = tuple((make_divisible(p * scale.width), round_repeats(n, scale.depth))
-                       for p, n in zip(PLANES, cls.repeats))
-        return make_divisible(STEM * scale.width), stages, stages[-1][0] * cls.block.expansion
+        return resnet_plan(cls.family, scale)
 
     def __init__(self, scale: Scale, num_classes: int = 1000):
         stem_ch, plan, _ = self.plan(scale)
@@ -48,16 +44,16 @@ class _ResNet(ScalableNet):
 class ResNet18(_ResNet):
     family = "resnet18"
     block = BasicBlock
-    repeats = (2, 2, 2, 2)
+    repeats = RESNET_REPEATS["resnet18"]
 
 
 class ResNet34(_ResNet):
     family = "resnet34"
     block = BasicBlock
-    repeats = (3, 4, 6, 3)
+    repeats = RESNET_REPEATS["resnet34"]
 
 
 class ResNet50(_ResNet):
     family = "resnet50"
     block = Bottleneck
-    repeats = (3, 4, 6, 3)
+    repeats = RESNET_REPEATS["resnet50"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from pipeline.cost.trace import ACT_BYTES, BYTES_PER_ELEMENT, Cost
+from pipeline.cost.ops import ACT_BYTES, BYTES_PER_ELEMENT, Cost
 
 PARAMS = ("eff_dense", "eff_depthwise", "eff_matmul", "eff_elementwise", "eff_bandwidth", "launch_ms", "fixed_ms")
 _KIND_CLASS = {"conv": 0, "pwconv": 0, "dwconv": 1, "linear": 2}  # anything else: elementwise (3)

@@ -26,9 +26,10 @@ import numpy as np
 from scipy.optimize import nnls
 
 from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMismatch, ProfileMissing
-from pipeline.core.scaling import CompoundScaling, Scale, preset
+from pipeline.core.scaling import CompoundScaling, Scale, family_for, preset
 from pipeline.cost.features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
-from pipeline.cost.trace import BYTES_PER_ELEMENT, Cost, scale_cost
+from pipeline.cost.ops import BYTES_PER_ELEMENT, Cost
+from pipeline.cost.plan import scale_cost
 from pipeline.predict.heldout import HELDOUT_QUANTILE, ErrorEstimate, Heldout, p90
 from pipeline.predict.layerwise import Device, LayerwiseModel, fit_layerwise, hardware_figure
 from pipeline.predict.profile import Profile, load_profile
@@ -400,10 +401,13 @@ def device_profile_path(target, precision: str, threads: int | None) -> Path | N
     return found[0] if found else None
 
 
-def predict(target_name: str, model: Scale | str | Path, family: str = "efficientnet", *,
+def predict(target_name: str, model: Scale | str | Path, family: str | None = None, *,
             precision: str | None = None, threads: int | None = None, num_classes: int = 1000,
             targets_dir: str | Path | None = None, profile_path: str | Path | None = None) -> dict:
-    """``deploy predict``: predicted latency and memory of one model (a scale of ``family``, or an ONNX file)."""
+    """``deploy predict``: predicted latency and memory of one model (a scale of ``family``, or an ONNX file).
+
+    ``family`` defaults to the scale's preset's family (lite0 → efficientnet-lite), else EfficientNet.
+    """
     from pipeline.cost.describe import describe_scale
     from pipeline.cost.onnx import onnx_cost
     from pipeline.models import check_family
@@ -415,6 +419,7 @@ def predict(target_name: str, model: Scale | str | Path, family: str = "efficien
         profile_path = device_profile_path(target, precision, threads)
     predictor = load_predictor(target, precision, threads, Path(profile_path) if profile_path else None)
     if isinstance(model, Scale):
+        family = family_for(family, model.preset)
         described = describe_scale(check_family(family), model, num_classes)
         cost = _cached_cost(family, model, num_classes)
     else:

@@ -53,7 +53,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 RECORD_KINDS = ("model", "op")
 # Same names as pipeline.models.FAMILIES (a test keeps them equal); repeated here so that
 # reading a profile, e.g. for `deploy targets`, does not pay for importing torch.
-FAMILIES = ("efficientnet", "mobilenetv2", "resnet18", "resnet34", "resnet50")
+FAMILIES = ("efficientnet", "efficientnet-lite", "mobilenetv2", "resnet18", "resnet34", "resnet50")
 PERCENTILES = ("p50", "p90", "p99")
 KINDS = ("gpu", "cpu")
 RUNTIMES = ("tensorrt", "onnxruntime")

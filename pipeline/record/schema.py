@@ -259,6 +259,7 @@ class MeasurementRow(_Strict):
     error_pct: float
     onnx: str | None
     latency_ms_worst_round: float | None = None
+    reference_ms: float | None = None  # the reference model, timed in the same rounds (pipeline.measure.reference)
 
 
 class Search(_Strict):
@@ -271,6 +272,63 @@ class Search(_Strict):
     reason_next_rejected: str | None
     seconds: float
     seconds_total: float | None = None  # set once the whole run is done
+    # the whole search step (fitting the predictor, enumerating architectures, searching): what `fit` logs
+    step_seconds: float | None = None
+
+
+class LoadCheckRecord(_Strict):
+    """A shipped file that contradicted its earlier measurement, timed again next to the reference model
+    (:class:`pipeline.measure.loop.LoadCheck`): ``verdict`` "load" (the machine) or "slower" (the model)."""
+
+    percentile: int
+    earlier_ms: float
+    contradicting_ms: float
+    reference_baseline_ms: float
+    reference_ms: float
+    model_ms: float
+    drift_pct: float
+    corrected_ms: float
+    limit_ms: float
+    rounds: int
+    verdict: Literal["load", "slower"]
+    detail: str
+
+
+class Noise(_Strict):
+    """The noise seen while measuring: the reference model's timing next to every measurement, and its drift."""
+
+    reference: str
+    reference_ms: dict[str, float | None]  # architecture index -> reference p50 next to its measurement
+    shipped_reference_ms: float | None
+    drift_pct: float  # slowest over fastest reference timing, minus 1: how much the machine's load moved
+    check: LoadCheckRecord | None = None
+
+
+class FamilyPick(_Strict):
+    """One family's largest architecture predicted to fit (``--family auto``) and its expected top-1."""
+
+    family: str
+    fits: bool
+    phi: float | None = None
+    resolution: int | None = None
+    params: int | None = None
+    macs: int | None = None
+    predicted_latency_ms: float | None = None
+    predicted_memory_mb: float | None = None
+    margin_pct: float | None = None
+    expected_top1: float | None = None  # percent, ImageNet, from the family's published line
+    expected_how: str | None = None  # published | interpolated | extrapolated
+    expected_from: list[str] = []
+    reason: str | None = None
+
+
+class FamilyChoice(_Strict):
+    """``--family auto``: each family's pick, the one chosen, and the rule that chose it."""
+
+    rule: str
+    chosen: str
+    precision: Precision
+    families: list[FamilyPick]
 
 
 class Host(_Strict):
@@ -310,6 +368,8 @@ class RunRecord(_Strict):
     weights: str
     host: Host
     engine: dict[str, Any] | None = None  # added by `deploy build`
+    noise: Noise | None = None  # measured runs on a device that times the reference model
+    family_choice: FamilyChoice | None = None  # --family auto
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON object written to fit.json: the keys that were set, ``schema_version`` first."""
@@ -358,6 +418,7 @@ if __name__ == "__main__":
     print(write_schema())
 
 
-__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "Accuracy", "AgentMeasured", "Artifacts", "BudgetRecord", "FrontierRow",
-           "HostMeasured", "MeasurementRow", "PrecisionRow", "Predicted", "RunRecord", "Search", "TrtexecMeasured",
-           "Verified", "json_schema", "schema_text", "write_schema"]
+__all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "Accuracy", "AgentMeasured", "Artifacts", "BudgetRecord", "FamilyChoice",
+           "FamilyPick", "FrontierRow", "HostMeasured", "LoadCheckRecord", "MeasurementRow", "Noise", "PrecisionRow",
+           "Predicted", "RunRecord", "Search", "TrtexecMeasured", "Verified", "json_schema", "schema_text",
+           "write_schema"]

@@ -16,6 +16,13 @@ measured statistic at the budget's percentile (p50: the measured p50 over all ro
 p90/p99: those percentiles) against the budget itself, no margin. The margin belongs to
 the decision; the verdict must not move with it.
 
+One exception to "no margin", and it only ever *explains* a failure: when the shipped file
+measured over its budget and slower than the same architecture measured before, the closed loop
+times it again interleaved with a reference model (:func:`pipeline.measure.loop.check_shipped`).
+If the reference slowed down as much, the excess was the machine's load and the latency verdict
+is ``True`` (the record keeps the raw measurement and the check beside it, in ``noise.check``);
+if the excess survives dividing the load out, it fails and the message says it was not the load.
+
 The comparisons themselves may live next to their measurements (``verify_accuracy``
 compares torch and ONNX top-1 against its thresholds and lists what failed); what those
 failures *mean* for ``verified`` and the exit code is decided here.
@@ -67,8 +74,12 @@ def _where(measured: Any) -> str:
     return (f" on {device}" if device else "") + (f" ({source})" if source else "")
 
 
-def latency_verdict(measured: Any, budget: BudgetLike) -> Verdict:
-    """The measured latency at the budget's percentile against the latency budget (None: unmeasured/no budget)."""
+def latency_verdict(measured: Any, budget: BudgetLike, load_check: Any = None) -> Verdict:
+    """The measured latency at the budget's percentile against the latency budget (None: unmeasured/no budget).
+
+    ``load_check`` (``noise.check`` of the record): a re-measurement next to the reference model; its
+    verdict ``"load"`` turns a raw excess into a pass, ``"slower"`` says why it fails.
+    """
     limit = _get(budget, "latency_ms")
     if measured is None or limit is None:
         return NOT_CHECKED
@@ -76,8 +87,13 @@ def latency_verdict(measured: Any, budget: BudgetLike) -> Verdict:
     stat = judged_latency(measured, pct)
     if stat <= float(limit):
         return Verdict(True)
-    return Verdict(False, f"measured p{pct} latency {stat:.3f} ms{_where(measured)} is over the budget of "
-                          f"{float(limit):g} ms")
+    failure = (f"measured p{pct} latency {stat:.3f} ms{_where(measured)} is over the budget of "
+               f"{float(limit):g} ms")
+    if load_check is not None:
+        if _get(load_check, "verdict") == "load":
+            return Verdict(True)
+        failure += f", and not because of the machine's load ({_get(load_check, 'detail')})"
+    return Verdict(False, failure)
 
 
 def memory_verdict(measured: Any, budget: BudgetLike) -> Verdict:
@@ -144,15 +160,20 @@ class Judgement:
 
 
 def judge(measured: Any, budget: BudgetLike, accuracy: Any = None, int8: Mapping | None = None,
-          min_accuracy: float | None = None) -> Judgement:
-    return Judgement(latency_verdict(measured, budget), memory_verdict(measured, budget),
+          min_accuracy: float | None = None, load_check: Any = None) -> Judgement:
+    return Judgement(latency_verdict(measured, budget, load_check), memory_verdict(measured, budget),
                      accuracy_verdict(accuracy, int8, min_accuracy))
 
 
 def judge_record(record) -> Judgement:
     """The verdicts of a :class:`~pipeline.record.schema.RunRecord` (``--min-accuracy`` is in its ``accuracy``)."""
     acc = record.accuracy
-    return judge(record.measured, record.budget, acc, record.int8, acc.min_accuracy if acc is not None else None)
+    noise = getattr(record, "noise", None)
+    # a load check speaks about the measurement it was made with; a later `deploy verify` replaces `measured`
+    check = noise.check if noise is not None and noise.check is not None and record.measured is not None and \
+        abs(judged_latency(record.measured, record.budget.percentile) - noise.check.model_ms) < 1e-3 else None
+    return judge(record.measured, record.budget, acc, record.int8, acc.min_accuracy if acc is not None else None,
+                 check)
 
 
 def verified(latency: Verdict, memory: Verdict, accuracy: Verdict):
