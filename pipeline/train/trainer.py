@@ -443,6 +443,7 @@ class TrainOptions:
     val_fraction: float = DEFAULT_VAL_FRACTION
     split_seed: int = DEFAULT_SPLIT_SEED
     device: str | None = None
+    scaling: dict | None = None  # the α, β, γ the scale was made with (recorded in the settings; None: a preset)
 
 
 def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir: str | Path,
@@ -536,7 +537,8 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                         "seed": seed, "optimizer": "adamw", "schedule": "onecycle-cosine",
                         "label_smoothing": label_smoothing, "val_fraction": val_fraction, "split_seed": split_seed,
                         "resolution": res, "init_from": None if init_from is None else str(init_from),
-                        "teacher": None if teacher is None else str(teacher)}
+                        "teacher": None if teacher is None else str(teacher),
+                        **({"scaling": o.scaling} if o.scaling is not None else {})}
             ds_info = {**dataset.info(), "split": split.to_dict()}
             best_acc, best_epoch, history, step = -1.0, 0, [], 0
             for epoch in range(1, epochs + 1):
