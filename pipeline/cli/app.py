@@ -20,11 +20,13 @@ from pipeline.cli.fit import fit
 from pipeline.cli.grid import grid
 from pipeline.cli.predict import predict
 from pipeline.cli.scaling import scaling
+from pipeline.cli.study import study
 from pipeline.cli.targets import targets
 from pipeline.cli.train import train
 from pipeline.cli.verify import verify
 
-COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, device_script, agent, scaling, grid)
+COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, device_script, agent, scaling, grid,
+            study)
 
 
 @click.group(cls=EdgeGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,6 +7,7 @@ from pathlib import Path
 from pipeline.core.io import atomic_write
 
 GRID_REPORT, GRID_PLOT = "report.md", "grid.png"
+STUDY_REPORT, STUDY_PLOT = "report.md", "study.png"
 
 
 def pct(value: float | None, spread: float | None = None) -> str:
@@ -124,4 +125,80 @@ def write_grid_report(result: dict, out: Path) -> Path:
     return atomic_write(out / GRID_REPORT, grid_markdown(result, png.name) + "\n")
 
 
-__all__ = ["GRID_PLOT", "GRID_REPORT", "grid_markdown", "pct", "plot_grid", "write_grid_report"]
+def plot_study(result: dict, path: Path) -> Path:
+    """Accuracy against MACs per family: each strategy a line from the shared baseline through its ratios."""
+    plt = _plt()
+    fams = result["families"]
+    fig, axes = plt.subplots(1, len(fams), figsize=(5.2 * len(fams), 4.4), dpi=110, squeeze=False)
+    markers = {"depth": "v", "width": "^", "resolution": "s"}
+    for ax, (family, f) in zip(axes[0], fams.items()):
+        base = f["baseline"]
+        names = [r["strategy"] for r in next(iter(f["ratios"].values()))["rows"]]
+        for i, name in enumerate(names):
+            pts = [base] + [next(r for r in v["rows"] if r["strategy"] == name) for v in f["ratios"].values()]
+            xs = [p["macs"] / 1e6 for p in pts]
+            ys = [100 * p["val_accuracy_mean"] for p in pts]
+            err = [0 if p["val_accuracy_std"] is None else 100 * p["val_accuracy_std"] for p in pts]
+            ax.errorbar(xs, ys, yerr=err, marker=markers.get(name, "o"), ms=5, capsize=2, label=name,
+                        ls="-" if name.startswith("compound") else "--", color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_xlabel("MACs (M, log scale)")
+        ax.set_ylabel("validation top-1, % (mean ± std over seeds)")
+        ax.set_title(f"{family} from φ={result['options']['phi']:g}", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Scaling one dimension vs compound at matched MACs on {result['data']['name']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def study_markdown(result: dict, plot_name: str) -> str:
+    o, paper = result["options"], result["paper"]
+    ratios = ", ".join(f"{r:g}" for r in o["flops_ratios"])
+    lines = [f"# Per-dimension vs compound scaling on {result['data']['name']}", "",
+             f"EfficientNet's Table 3 in shape: from each family's base model (φ={o['phi']:g}; "
+             f"{result['base_resolution']} px at φ=0) one dimension at a time, or all three together, to {ratios}"
+             f"× its MACs. Each strategy's φ is solved for the MACs ratio; rounding (channels to 8, whole blocks, "
+             f"8-px resolutions) means the ratio reached (column `× MACs`) is the nearest available. {o['epochs']} "
+             f"epoch(s), {o['seeds']} seed(s), mean ± sample standard deviation; latency measured on {o['target']} "
+             f"where it can be (the column says). {result['seconds']:.0f} s.", "",
+             f"The paper ({paper['source']}): compound scaling beat the best single dimension by "
+             f"{paper['compound_ahead_points'][0]:g}-{paper['compound_ahead_points'][1]:g} points of ImageNet top-1.",
+             "", "## What this run says", ""]
+    for family, f in result["families"].items():
+        for ratio, v in f["ratios"].items():
+            for vd in v["verdicts"]:
+                spread = ("no spread (one seed)" if vd["spread_points"] is None
+                          else f"seed spread {vd['spread_points']:.2f}")
+                lines.append(f"- **{family}, ×{ratio} MACs**: {vd['compound']} vs the best single dimension "
+                             f"({vd['best_single']}): {vd['difference_points']:+.2f} points ({spread}) — {vd['call']}"
+                             + ("; the size of the gain is within the paper's 0.6-2 points" if vd["agrees"]
+                                and vd["within_paper_range"] else "") + ".")
+    lines += ["", f"![accuracy against MACs]({plot_name})", ""]
+    for family, f in result["families"].items():
+        base = f["baseline"]
+        lines += [f"## {family}", "", "| model | d × | w × | r × | × MACs | MACs (M) | params | latency ms | "
+                  "latency from | val top-1 |", "|---|---|---|---|---|---|---|---|---|---|",
+                  f"| baseline {family} (φ={o['phi']:g}, {base['resolution']} px) | 1 | 1 | 1 | 1 | "
+                  f"{base['macs'] / 1e6:.1f} | {base['params']:,} | {base['latency_ms']:.2f} | {base['provenance']} | "
+                  f"{pct(base['val_accuracy_mean'], base['val_accuracy_std'])} |"]
+        for ratio, v in f["ratios"].items():
+            for r in v["rows"]:
+                lines.append(f"| scale by {r['strategy']} (×{ratio}) | {r['depth_vs_base']:g} | "
+                             f"{r['width_vs_base']:g} | {r['resolution_vs_base']:g} | {r['macs_ratio']:.2f} | "
+                             f"{r['macs'] / 1e6:.1f} | "
+                             f"{r['params']:,} | {r['latency_ms']:.2f} | {r['provenance']} | "
+                             f"{pct(r['val_accuracy_mean'], r['val_accuracy_std'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_study_report(result: dict, out: Path) -> Path:
+    png = plot_study(result, out / STUDY_PLOT)
+    return atomic_write(out / STUDY_REPORT, study_markdown(result, png.name) + "\n")
+
+
+__all__ = ["GRID_PLOT", "GRID_REPORT", "STUDY_PLOT", "STUDY_REPORT", "grid_markdown", "plot_study", "study_markdown",
+           "write_study_report", "pct", "plot_grid", "write_grid_report"]
