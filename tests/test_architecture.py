@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "pipeline"
 # Each subpackage may import only from itself and the packages before it in this list.
 LAYERS = ("core", "record", "data", "models", "cost", "predict", "runtimes", "measure", "export", "train", "engine",
-          "analysis", "package", "fit", "cli")
+          "analysis", "package", "fit", "research", "cli")
 
 
 def module_name(path: Path) -> str:

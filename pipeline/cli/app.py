@@ -18,15 +18,18 @@ from pipeline.cli.describe import describe
 from pipeline.cli.device_script import device_script
 from pipeline.cli.edge import EdgeGroup
 from pipeline.cli.fit import fit
+from pipeline.cli.grid import grid
 from pipeline.cli.package import package
 from pipeline.cli.predict import predict
+from pipeline.cli.scaling import scaling
 from pipeline.cli.similarity import similarity
+from pipeline.cli.study import study
 from pipeline.cli.targets import targets
 from pipeline.cli.train import train
 from pipeline.cli.verify import verify
 
 COMMANDS = (describe, targets, calibrate, predict, fit, train, verify, build, package, device_script, agent,
-            similarity, compress)
+            similarity, compress, scaling, grid, study)
 
 
 @click.group(cls=EdgeGroup, commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,9 +10,11 @@ from pipeline.cli.options import (
     agent_options,
     fraction_option,
     json_option,
+    named_scaling,
     percent_option,
     percentage_points_option,
     precision_option,
+    scaling_options,
     targets_dir_option,
     threads_option,
 )
@@ -32,10 +34,22 @@ def fit_text(d: dict) -> str:
             for f in d["frontier"]]
     cols = [("phi", "φ"), ("resolution", "res"), ("latency_ms", "pred ms"), ("memory_mb", "MiB"), ("fits", "fits"),
             ("chosen", "")]
+    pd, sc = d["search"].get("per_dimension"), d.get("scaling")
+    extra = []
+    if sc and sc.get("name") != "efficientnet":
+        extra.append(f"  scaling α={sc['alpha']:g} β={sc['beta']:g} γ={sc['gamma']:g} ({sc['name'] or sc['source']})")
+    if pd:
+        c, f = pd["compound"], pd["chosen"]
+        util = (f"utilisation {c['utilisation']:.0%} -> {f['utilisation']:.0%} ({pd['basis']})"
+                if c["utilisation"] is not None and f["utilisation"] is not None else "")
+        extra.append(f"  per-dimension: φ_d={f['phi_depth']:g} φ_w={f['phi_width']:g} φ_r={f['phi_resolution']:g} "
+                     f"from compound φ={c['phi_resolution']:g} (res {c['resolution']} -> {f['resolution']}, width "
+                     f"x{c['width_multiplier']:.3f} -> x{f['width_multiplier']:.3f}); {util}")
     return "\n".join([
         f"{d['family']} φ={d['phi']:g} (resolution {d['resolution']}, {si(d['params'])} params, {si(d['macs'])} MACs)"
         f" for {d['target']} ({d['precision']})",
         f"  {lat}; predictor held-out error {err}",
+        *extra,
         f"  verified: latency {d['verified']['latency']}, memory {d['verified']['memory']}",
         f"  next larger rejected: {d['search']['reason_next_rejected']}",
         f"  run directory: {d['run_dir']}", "", table(rows, cols), *_family_choice_text(d)])
@@ -68,6 +82,10 @@ def _family_choice_text(d: dict) -> list[str]:
               help="Latency statistic the budget applies to.")
 @click.option("--phi-min", type=float, default=None, help="Smallest φ to consider (default -4).")
 @click.option("--phi-max", type=float, default=None, help="Largest φ to consider (default 4).")
+@scaling_options
+@click.option("--search", "search_mode", type=click.Choice(["compound", "per-dimension"]), default="compound",
+              show_default=True, help="per-dimension: after the compound pick, raise resolution, then width, "
+                                      "into the budget the compound step left unused.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run directory (default runs/<target>-<timestamp>).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out once the new run succeeds.")
@@ -94,7 +112,8 @@ def _family_choice_text(d: dict) -> list[str]:
 @percent_option("--noise-margin", default=2.0, max_open=50,
                 help="A measured latency or memory this close under its budget counts as over it")
 @json_option("Print fit.json to stdout (progress goes to stderr).")
-def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, out, force, weights,
+def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, alpha, beta, gamma,
+        scaling_name, search_mode, out, force, weights,
         dynamic_batch, agent, agent_token_file, accept_device, threads, targets_dir, data, train_epochs, nproc, teacher,
         init_from, min_accuracy, calibration_data, calibration_method, calibration_samples, int8_exclude,
         int8_max_drop_pp, noise_margin, as_json):
@@ -107,7 +126,8 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
     run = fit_auto if family == AUTO else fit_one
 
     result = run(target_name, Budget(latency, memory, int(percentile), noise_margin),
-                 search_options=SearchOptions(family, phi_min, phi_max), precision=precision,
+                 search_options=SearchOptions(family, phi_min, phi_max, named_scaling(alpha, beta, gamma, scaling_name),
+                                              search_mode), precision=precision,
                  data=DataOptions(data, train_epochs, teacher, init_from, min_accuracy, nproc),
                  int8=Int8Options(calibration_data, calibration_method, calibration_samples, tuple(int8_exclude),
                                   int8_max_drop_pp),

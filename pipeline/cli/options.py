@@ -27,8 +27,23 @@ def _stack(*decorators: Callable) -> Callable:
     return apply
 
 
+def scaling_options(f):
+    """--alpha/--beta/--gamma, or --scaling NAME: the compound-scaling constants (default EfficientNet's)."""
+    return _stack(
+        click.option("--alpha", type=float, default=None,
+                     help="Depth base α (default 1.2, EfficientNet's)."),
+        click.option("--beta", type=float, default=None,
+                     help="Width base β (default 1.1)."),
+        click.option("--gamma", type=float, default=None,
+                     help="Resolution base γ (default 1.15)."),
+        click.option("--scaling", "scaling_name", default=None, metavar="NAME",
+                     help="Named α, β, γ: efficientnet, dollar-fast, one saved with `deploy grid --save-scaling` "
+                          "(see `deploy scaling list`), or a grid/fit run directory (its scaling)."),
+    )(f)
+
+
 def scale_options(f):
-    """--phi / --preset / --phi-depth/--phi-width/--phi-resolution and α, β, γ."""
+    """--phi / --preset / --phi-depth/--phi-width/--phi-resolution and α, β, γ (or --scaling)."""
     return _stack(
         click.option("--phi", type=float, default=None, help="Compound coefficient φ (may be negative)."),
         click.option("--preset", default=None,
@@ -36,18 +51,20 @@ def scale_options(f):
         click.option("--phi-depth", type=float, default=None, help="Per-dimension φ for depth."),
         click.option("--phi-width", type=float, default=None, help="Per-dimension φ for width."),
         click.option("--phi-resolution", type=float, default=None, help="Per-dimension φ for resolution."),
-        click.option("--alpha", type=float, default=None, help="Depth base α (default 1.2)."),
-        click.option("--beta", type=float, default=None, help="Width base β (default 1.1)."),
-        click.option("--gamma", type=float, default=None, help="Resolution base γ (default 1.15)."),
+        scaling_options,
     )(f)
 
 
-def scaling_from(alpha: float | None, beta: float | None, gamma: float | None):
-    """The CompoundScaling of --alpha/--beta/--gamma, each defaulting to the library's constant."""
-    from pipeline.core.scaling import DEFAULTS, CompoundScaling
+def named_scaling(alpha: float | None, beta: float | None, gamma: float | None, name: str | None = None):
+    """The :class:`~pipeline.core.scalings.NamedScaling` of --scaling or --alpha/--beta/--gamma (never both)."""
+    from pipeline.core.scalings import resolve
 
-    pick = lambda v, k: DEFAULTS[k] if v is None else v  # noqa: E731
-    return CompoundScaling(pick(alpha, "alpha"), pick(beta, "beta"), pick(gamma, "gamma"))
+    return resolve(alpha, beta, gamma, name)
+
+
+def scaling_from(alpha: float | None, beta: float | None, gamma: float | None, name: str | None = None):
+    """The CompoundScaling of --scaling or --alpha/--beta/--gamma, each constant defaulting to EfficientNet's."""
+    return named_scaling(alpha, beta, gamma, name).scaling()
 
 
 def json_option(help: str = "Print JSON only."):

@@ -9,6 +9,7 @@ from pipeline.cli.options import (
     json_option,
     precision_option,
     scale_options,
+    scaling_from,
     targets_dir_option,
     threads_option,
 )
@@ -48,15 +49,14 @@ def predict_text(d: dict) -> str:
               help="Profile to predict from instead of the target's.")
 @targets_dir_option
 @json_option()
-def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, onnx,
-            precision, threads, num_classes, profile_path, targets_dir, as_json):
+def predict(target_name, family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, scaling_name,
+            onnx, precision, threads, num_classes, profile_path, targets_dir, as_json):
     """Predict p50 latency and peak memory of a model on a target, with provenance and error."""
     from pipeline.core.scaling import family_for, resolve_scale
     from pipeline.predict.predictor import predict as run
 
-    if any(v is not None for v in (alpha, beta, gamma)):
-        raise click.UsageError("predict uses the default α, β, γ; custom constants are for describe/fit.")
-    model = onnx if onnx is not None else resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset)
+    scaling = scaling_from(alpha, beta, gamma, scaling_name)  # the predictor sees only the architecture's cost
+    model = onnx if onnx is not None else resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling)
     data = run(target_name, model, family_for(family, preset), precision=precision, threads=threads,
                num_classes=num_classes, targets_dir=targets_dir, profile_path=profile_path)
     emit(data, as_json, predict_text)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.describe import scale_name
-from pipeline.cli.options import family_option, fraction_option, json_option, scale_options, scaling_from
+from pipeline.cli.options import family_option, fraction_option, json_option, named_scaling, scale_options
 from pipeline.cli.output import bar_log, emit, key_values, log, progress_bar
 from pipeline.cli.render import si
 
@@ -19,6 +19,10 @@ def train_text(d: dict) -> str:
              f"  val accuracy {d['val_accuracy']:.4f} (best epoch {d['best_epoch']} of {d['epochs']}) "
              f"on {d['dataset']['name']}, {d['seconds']:.1f} s on {d['device']}",
              f"  checkpoint {d['checkpoint']}"]
+    sc = d["settings"].get("scaling")
+    if sc:
+        lines.insert(1, f"  scaling α={sc['alpha']:g} β={sc['beta']:g} γ={sc['gamma']:g} "
+                        f"({sc['name'] or sc['source']})")
     if d.get("transfer"):
         from pipeline.train.trainer import TransferReport
 
@@ -69,19 +73,20 @@ def _renamed_device(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True, help="This node's rank.")
 @click.option("--rdzv-endpoint", default=None, help="HOST:PORT where the nodes meet (needed with --nnodes > 1).")
 @json_option("Print the result as one JSON object (progress goes to stderr).")
-def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, data, epochs, batch_size,
-          lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, nproc, nnodes, node_rank,
-          rdzv_endpoint, as_json):
+def train(family, phi, preset, phi_depth, phi_width, phi_resolution, alpha, beta, gamma, scaling_name, data, epochs,
+          batch_size, lr, seed, resolution, init_from, teacher, temperature, alpha_kd, train_device, out, nproc, nnodes,
+          node_rank, rdzv_endpoint, as_json):
     """Train a scaled model on a labelled dataset; keep the best checkpoint (DIR/checkpoint.pt)."""
     from pipeline.core.scaling import family_for, resolve_scale
     from pipeline.train.trainer import TrainOptions
     from pipeline.train.trainer import train as run
 
     family = family_for(family, preset)
-    scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, scaling_from(alpha, beta, gamma))
+    named = named_scaling(alpha, beta, gamma, scaling_name)
+    scale = resolve_scale(phi, phi_depth, phi_width, phi_resolution, preset, named.scaling())
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, resolution=resolution,
                         init_from=init_from, teacher=teacher, temperature=temperature, alpha_kd=alpha_kd,
-                        device=train_device)
+                        device=train_device, scaling=None if preset else named.to_dict())
     out = out or Path("runs") / f"train-{family}"
     if nproc > 1 or nnodes > 1:
         from pipeline.train.distributed import launch

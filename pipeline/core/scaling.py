@@ -27,6 +27,20 @@ DEFAULTS = {
     "dropout": 0.2,
 }
 
+# Reference (α, β, γ) that every grid search includes and that `--scaling NAME` knows without a user config.
+# "efficientnet": Tan & Le 2019, Sec. 3.3, found by a small grid search at φ=1 on ImageNet (α·β²·γ² ≈ 2).
+# "dollar-fast": Dollár, Singh & Girshick 2021 ("Fast and Accurate Model Scaling"), fast compound scaling
+#   d = s^0.1, w = s^0.4, r = s^0.05 for a FLOPs factor s; activations grow about O(√s) where uniform
+#   scaling grows them O(s). As constants per unit of φ: α = R^0.1, β = R^0.4, γ = R^0.05 with R the FLOPs
+#   ratio per unit of φ (2, as EfficientNet's; a grid with --flops-ratio R uses its R).
+EFFICIENTNET_CONSTANTS = (DEFAULTS["alpha"], DEFAULTS["beta"], DEFAULTS["gamma"])
+DOLLAR_FAST_EXPONENTS = (0.1, 0.4, 0.05)
+REFERENCE_SCALINGS = {
+    "efficientnet": "Tan & Le 2019 (EfficientNet), grid search at φ=1 on ImageNet: α=1.2, β=1.1, γ=1.15",
+    "dollar-fast": "Dollár et al. 2021 (Fast and Accurate Model Scaling): d=s^0.1, w=s^0.4, r=s^0.05",
+}
+DEFAULT_FLOPS_RATIO = 2.0
+
 # Published EfficientNet table: (width, depth, resolution, dropout). Tan & Le 2019, Table/Code;
 # the parameter counts these reproduce are torchvision's weight metadata.
 PRESETS: dict[str, tuple[float, float, int, float]] = {
@@ -113,6 +127,22 @@ class Scale:
         return replace(self, resolution=resolution)
 
 
+def reference_constants(name: str, flops_ratio: float = DEFAULT_FLOPS_RATIO) -> tuple[float, float, float]:
+    """(α, β, γ) of a reference scaling (:data:`REFERENCE_SCALINGS`); Dollár's depends on the FLOPs ratio per φ."""
+    if name == "efficientnet":
+        return EFFICIENTNET_CONSTANTS
+    if name == "dollar-fast":
+        if not (math.isfinite(flops_ratio) and flops_ratio > 1):
+            raise InvalidScale(f"the FLOPs ratio per unit of φ must be above 1, got {flops_ratio}.")
+        return tuple(round(flops_ratio**e, 6) for e in DOLLAR_FAST_EXPONENTS)
+    raise PresetNotFound("reference scaling", name, list(REFERENCE_SCALINGS))
+
+
+def flops_factor(alpha: float, beta: float, gamma: float) -> float:
+    """α·β²·γ²: how much one unit of compound φ multiplies FLOPs (depth linear, width and resolution squared)."""
+    return alpha * beta**2 * gamma**2
+
+
 def _check_phi(name: str, value: float) -> float:
     try:
         value = float(value)
@@ -141,6 +171,9 @@ class CompoundScaling:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise InvalidScale(f"{name} must be a positive number, got {value!r}.")
+
+    def to_dict(self) -> dict:
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "base_resolution": self.base_resolution}
 
     def compound(self, phi: float) -> Scale:
         """One φ for all three dimensions (the EfficientNet rule)."""

@@ -3,6 +3,9 @@
 Datasets (:func:`load_dataset`)
     * ``builtin:digits``: scikit-learn's handwritten digits (1,797 grayscale 8x8 images,
       10 classes). Real data that ships inside scikit-learn, nothing is downloaded.
+    * ``builtin:shapes`` (or ``builtin:shapes:size=96,samples=5000,seed=1``): textured shapes
+      rendered from a seed (:mod:`pipeline.data.shapes`), 10 classes, 64 px by default; harder than
+      digits, and resolution carries information. Rendered on load, nothing is downloaded.
     * ``path/to/file.npz``: arrays ``x`` (N×H×W×C, N×C×H×W or N×H×W; uint8 or float) and
       ``y`` (N integer labels); an optional ``classes`` array names the labels.
     * ``path/to/folder``: an ImageFolder, one sub-folder per class, images read with Pillow.
@@ -35,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import DataInvalid, DataNotFound
+from pipeline.core.scaling import round_resolution
 
-BUILTINS = ("digits",)
+BUILTINS = ("digits", "shapes")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +54,10 @@ DEFAULT_SPLIT_SEED = 0
 # 8x8, so upsampling them to a model's nominal 168-300 px adds no information but costs
 # 30-100x the compute. ``--resolution`` overrides it, and the resolution used is recorded.
 DIGITS_RESOLUTION = 32
+# The resolution a model of nominal (ImageNet-scaled) resolution 224 is trained at when the dataset
+# declares a native size instead (``PixelSpec.base_resolution``): builtin:shapes at 64 px trains φ=0
+# at 64 px and φ=-3 (nominal 144) at 40 px, so resolution still scales with φ, at CPU-friendly sizes.
+NOMINAL_BASE_RESOLUTION = 224
 
 
 # --- preprocessing ----------------------------------------------------------------------------
@@ -177,6 +185,9 @@ class PixelSpec:
     """How a dataset's source pixels are encoded: value range, colour mode, natural size and statistics.
 
     ``mean``/``std`` (per model channel, on the [0, 1] scale) default to ImageNet's.
+    ``default_resolution`` fixes the training resolution whatever the scale (digits: its 8x8 images
+    carry nothing more at 200 px); ``base_resolution`` instead maps a scale's nominal resolution
+    proportionally, ``nominal × base / 224``, so resolution keeps scaling with φ (builtin:shapes).
     """
 
     input_max: float = 255.0
@@ -184,6 +195,7 @@ class PixelSpec:
     default_resolution: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    base_resolution: int | None = None
 
 
 class LabelledData:
@@ -203,6 +215,7 @@ class LabelledData:
         self._arrays, self._files = arrays, list(files) if files is not None else None
         self.input_max, self.color, self.default_resolution = float(pixels.input_max), pixels.color, \
             pixels.default_resolution
+        self.base_resolution = pixels.base_resolution
         self._mean, self._std = pixels.mean, pixels.std
 
     def __len__(self) -> int:
@@ -231,6 +244,19 @@ class LabelledData:
     def info(self) -> dict:
         return {"name": self.name, "kind": self.kind, "samples": len(self), "classes": list(self.classes),
                 "fingerprint": self.fingerprint()}
+
+    def resolution_for(self, nominal: int) -> int:
+        """The input size a scale of ``nominal`` resolution trains at on this dataset by default.
+
+        ``default_resolution`` when the dataset fixes one (digits: 32), ``nominal × base / 224``
+        (rounded like every resolution: multiple of 8, at least 32) when it declares a base
+        resolution (shapes: 64), else ``nominal``.
+        """
+        if self.default_resolution:
+            return int(self.default_resolution)
+        if self.base_resolution:
+            return round_resolution(nominal * self.base_resolution / NOMINAL_BASE_RESOLUTION)
+        return int(nominal)
 
     def default_preprocess(self, resolution: int) -> Preprocess:
         """The preprocessing for this dataset at ``resolution``: its value range, color mode and statistics."""
@@ -277,19 +303,22 @@ def batches(data: LabelledData, indices: np.ndarray, preprocess: Preprocess, bat
 
 
 def load_dataset(spec: str | Path) -> LabelledData:
-    """``builtin:digits``, an ``.npz`` file, or an ImageFolder directory."""
+    """``builtin:digits``, ``builtin:shapes[:options]``, an ``.npz`` file, or an ImageFolder directory."""
     text = str(spec)
     if text.startswith("builtin:"):
-        name = text.split(":", 1)[1]
-        if name not in BUILTINS:
-            known = ", ".join("builtin:" + b for b in BUILTINS)
-            raise DataNotFound(f"unknown built-in dataset '{text}'. Known: {known}.")
-        return load_digits()
+        name, _, options = text[len("builtin:"):].partition(":")
+        if name == "digits" and not options:
+            return load_digits()
+        if name == "shapes":
+            return load_shapes(options)
+        known = ", ".join("builtin:" + b for b in BUILTINS)
+        raise DataNotFound(f"unknown built-in dataset '{text}'. Known: {known} (builtin:shapes takes options, "
+                           "e.g. builtin:shapes:size=96,samples=5000,seed=1).")
     path = Path(text).expanduser()
     if not path.exists():
         raise DataNotFound(
             f"dataset {path} does not exist. Give an image folder (one sub-folder per class), an .npz file "
-            f"with arrays x and y, or builtin:digits."
+            f"with arrays x and y, builtin:digits or builtin:shapes."
         )
     if path.is_dir():
         return load_image_folder(path)
@@ -309,6 +338,20 @@ def load_digits() -> LabelledData:
     y = bunch.target.astype(np.int64)
     return _array_dataset("builtin:digits", "builtin", x, y, [str(c) for c in bunch.target_names],
                           PixelSpec(input_max=16.0, color="gray", default_resolution=DIGITS_RESOLUTION))
+
+
+def load_shapes(options: str = "") -> LabelledData:
+    """``builtin:shapes``: textured shapes rendered from a seed (:mod:`pipeline.data.shapes`), 10 classes.
+
+    ``options`` is ``"size=96,samples=5000,seed=1"`` or any subset (empty: 64 px, 3,000 images, seed 0).
+    The dataset's name is the canonical spec, so a checkpoint names exactly what it was trained on.
+    """
+    from pipeline.data.shapes import CLASSES, ShapesSpec, render
+
+    spec = ShapesSpec.parse(options)
+    x, y = render(spec)
+    return LabelledData(spec.name, "builtin", CLASSES, y, arrays=x,
+                        pixels=PixelSpec(input_max=255.0, color="rgb", base_resolution=spec.size))
 
 
 def load_npz(path: str | Path) -> LabelledData:
@@ -446,4 +489,5 @@ __all__ = [
     "load_digits",
     "load_image_folder",
     "load_npz",
+    "load_shapes",
 ]

@@ -83,6 +83,7 @@ class FitContext:
     result: SearchResult | None = None
     device: Device | None = None
     measured_on: dict = field(default_factory=dict)  # architecture index -> its latest DeviceMeasurement
+    per_dimension: dict | None = None  # the per-dimension fill's record (--search per-dimension)
     log: Callable[[str], None] = lambda _: None
     search_seconds: float | None = None  # the whole search step: predictor, enumeration, search
     family_choice: dict | None = None  # --family auto: every family's pick and the rule (pipeline.fit.auto)
@@ -164,7 +165,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
     from pipeline.predict.targets import load_target
 
     started = time.perf_counter()
-    budget, search_options = check_budget(budget), search_options or SearchOptions()
+    budget, search_options = check_budget(budget), (search_options or SearchOptions()).check()
     data, int8 = (data or DataOptions()).check(), (int8 or Int8Options()).check()
     run, device = run or RunOptions(), device or DeviceOptions()
     check_family(search_options.family)
@@ -208,11 +209,14 @@ def _search(ctx: FitContext, progress) -> None:
                 f"using the unknown-error margin of {UNKNOWN_ERROR_MARGIN_PCT:g}%")
     mem_err = ctx.predictor.memory_heldout_error_pct
     mem_margin = mem_err if mem_err is not None else UNKNOWN_ERROR_MARGIN_PCT
-    ctx.archs = enumerate_architectures(ctx.family, lo, hi)
+    ctx.archs = enumerate_architectures(ctx.family, lo, hi, ctx.search.compound_scaling())
     index = {id(a): i for i, a in enumerate(ctx.archs)}
     ctx.result = search(ctx.archs, lambda a: ctx.predict_arch(index[id(a)]), ctx.budget, margin,
                         ctx.target.memory_mb, ctx.num_classes, memory_margin_pct=mem_margin)
     ctx.search_seconds = round(time.perf_counter() - started, 3)
+    named = ctx.search.named_scaling()
+    if named.name != "efficientnet":
+        ctx.log(f"scaling: α={named.alpha:g} β={named.beta:g} γ={named.gamma:g} ({named.name or named.source})")
     ctx.log(f"search: {ctx.result.architectures} distinct architectures in φ∈[{lo:g}, {hi:g}]; predictor picks "
             f"φ={ctx.result.chosen.phi:g} ({ctx.result.chosen.latency_ms:.2f} ms predicted, margin {margin:.1f}%); "
             f"search took {ctx.search_seconds:.2f} s")
@@ -268,6 +272,12 @@ def _finish(ctx: FitContext, run: Path) -> dict:
     if ctx.device is not None:
         chosen, measurements = closed_loop(len(ctx.archs), chosen, ctx.predict_arch, measure, ctx.budget, ctx.log,
                                            ctx.loop_notes)
+    if ctx.search.mode == "per-dimension":  # raise resolution, then width, into the gap the compound step left
+        from pipeline.fit.perdim import fill_gap
+
+        chosen, measurements, ctx.per_dimension = fill_gap(ctx, chosen, measurements,
+                                                           measure if ctx.device is not None else None)
+    if ctx.device is not None:
         remove_unchosen(measurements, chosen)
     model, preprocess, training = weights_for(run, ctx.family, ctx.archs[chosen].scale, ctx.num_classes,
                                               ctx.run.weights, ctx.data, ctx.log)
@@ -362,7 +372,7 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
     cost = scale_cost(family, scale, num_classes)
     pred = predictor.predict(cost, family)
     frontier = {c.index: c.to_dict() for c in result.frontier}
-    for m in measurements:
+    for m in (m for m in measurements if m.index < result.architectures):  # per-dimension rungs: search.per_dimension
         frontier[m.index] = {**result.evaluate(m.index).to_dict(), "measured_ms": m.latency_ms,
                              "measured_fits": m.fits}
     measured = None if final is None else {
@@ -377,6 +387,9 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
               result.reason_next_rejected)
     if chosen + 1 >= len(archs):
         reason = "no larger architecture in the φ range"
+    if ctx.per_dimension is not None:
+        reason = f"per-dimension fill: {ctx.per_dimension['reason_next_rejected'] or 'no larger rung fits'}"
+    named = ctx.search.named_scaling()
     opts = ctx.data
     weights = ctx.run.weights
     record = parse_record({
@@ -384,7 +397,9 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "phi": archs[chosen].phi, "phi_max": archs[chosen].phi_max,
         "depth_multiplier": round(scale.depth, 6), "width_multiplier": round(scale.width, 6),
         "resolution": scale.resolution, "params": cost.params, "macs": cost.macs,
-        "scale": scale.to_dict(), "num_classes": num_classes,
+        "scale": scale.to_dict(),
+        "scaling": {**named.to_dict(), "base_resolution": ctx.search.compound_scaling().base_resolution},
+        "num_classes": num_classes,
         "budget": {"latency_ms": budget.latency_ms, "memory_mb": budget.memory_mb, "percentile": budget.percentile,
                    "noise_margin_pct": budget.noise_margin_pct},
         "predicted": {"latency_ms": pred.latency_ms, "latency_ms_at_percentile": round(pred.latency_at(
@@ -406,7 +421,8 @@ def _record(ctx: FitContext, chosen: int, measurements: list[Measurement], final
         "search": {"architectures": result.architectures, "margin_pct": result.margin_pct,
                    "memory_margin_pct": result.memory_margin_pct,
                    "predictor_choice_phi": result.chosen.phi, "reason_next_rejected": reason,
-                   "seconds": result.seconds, "step_seconds": ctx.search_seconds},
+                   "seconds": result.seconds, "step_seconds": ctx.search_seconds, "mode": ctx.search.mode,
+                   **({"per_dimension": ctx.per_dimension} if ctx.per_dimension is not None else {})},
         "parity": extra["parity"],
         "noise": extra["noise"],
         "family_choice": ctx.family_choice,

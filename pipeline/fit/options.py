@@ -9,21 +9,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipeline.core.scalings import NamedScaling
 
 DEFAULT_PHI_RANGE = (-4.0, 4.0)
 PERCENTILES = (50, 90, 99)
 CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+SEARCH_MODES = ("compound", "per-dimension")
 
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """What to search: the family and the compound-φ range (``None``: the default range)."""
+    """What to search: the family, the compound-φ range (``None``: the default range), the scaling and the mode.
+
+    ``scaling``: the α, β, γ (``None``: EfficientNet's). ``mode``: ``compound`` (one φ) or
+    ``per-dimension`` (after the compound pick, raise resolution, then width, within the budget).
+    ``base_resolution``: the resolution of φ=0 (224; a grid on a small-image dataset uses its size).
+    """
 
     family: str = "efficientnet"
     phi_min: float | None = None
     phi_max: float | None = None
+    scaling: NamedScaling | None = None
+    mode: str = "compound"
+    base_resolution: int | None = None
+
+    def named_scaling(self) -> NamedScaling:
+        from pipeline.core.scalings import resolve
+
+        return self.scaling or resolve()
+
+    def compound_scaling(self):
+        """The :class:`~pipeline.core.scaling.CompoundScaling` the architectures are enumerated with."""
+        from pipeline.core.scaling import DEFAULTS
+
+        return self.named_scaling().scaling(self.base_resolution or DEFAULTS["base_resolution"])
+
+    def check(self) -> SearchOptions:
+        if self.mode not in SEARCH_MODES:
+            raise UsageError(f"--search must be one of {', '.join(SEARCH_MODES)}, not {self.mode!r}.")
+        self.phi_range  # noqa: B018 - raises on an inverted range
+        return self
 
     @property
     def phi_range(self) -> tuple[float, float]:
@@ -103,5 +133,5 @@ class DeviceOptions:
     accept_device: bool = False  # measure on an agent whose facts contradict the target
 
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_PHI_RANGE", "PERCENTILES", "DataOptions", "DeviceOptions",
+__all__ = ["CALIBRATION_METHODS", "DEFAULT_PHI_RANGE", "PERCENTILES", "SEARCH_MODES", "DataOptions", "DeviceOptions",
            "Int8Options", "RunOptions", "SearchOptions"]

@@ -121,6 +121,48 @@ def noise_lines(fit: RunRecord) -> list[str]:
     return lines
 
 
+def _chosen_words(fit: RunRecord) -> str:
+    s = fit.scale
+    if s.phi is None and s.phi_depth is not None:
+        return f"φ_d={s.phi_depth:g}, φ_w={s.phi_width:g}, φ_r={s.phi_resolution:g}"
+    return f"φ={fit.phi:g}"
+
+
+def _scaling_line(fit: RunRecord) -> list[str]:
+    """The constants the architectures were made with, when they are not EfficientNet's."""
+    sc = fit.scaling
+    if sc is None or sc.name == "efficientnet":
+        return []
+    return [f"Scaling: α={sc.alpha:g}, β={sc.beta:g}, γ={sc.gamma:g} ({sc.name or sc.kind}; {sc.source}).", ""]
+
+
+def _per_dimension_lines(fit: RunRecord) -> list[str]:
+    """``--search per-dimension``: where the compound pick was, what was raised, the utilisation gained."""
+    pd = fit.search.per_dimension
+    if pd is None:
+        return []
+    c, f = pd.compound, pd.chosen
+
+    def util(p) -> str:
+        return "—" if p.utilisation is None else f"{100 * p.utilisation:.1f}%"
+
+    lines = ["## Per-dimension fill", "",
+             f"After the compound pick, {' then '.join(pd.order)} were raised within the budget "
+             f"({pd.basis} latencies). Utilisation {util(c)} -> **{util(f)}**"
+             + (f" (+{pd.utilisation_gained_pp:.1f} pp)" if pd.utilisation_gained_pp is not None else "") + ".", "",
+             "| | φ_d | φ_w | φ_r | resolution | width × | latency ms | utilisation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, p in (("compound pick", c), ("per-dimension choice", f)):
+        lines.append(f"| {name} | {p.phi_depth:g} | {p.phi_width:g} | {p.phi_resolution:g} | {p.resolution} | "
+                     f"{p.width_multiplier:.3f} | {p.latency_ms:.2f} | {util(p)} |")
+    lines += ["", "| dimension | φ | resolution | width × | predicted ms | measured ms | fits | chosen |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {s.dimension} | {s.phi:g} | {s.resolution} | {s.width_multiplier:.3f} | {s.predicted_ms:.2f} | "
+              f"{'—' if s.measured_ms is None else format(s.measured_ms, '.2f')} | "
+              f"{'—' if s.fits is None else s.fits} | {'<-' if s.chosen else ''} |" for s in pd.steps]
+    return lines + ["", f"Next rung rejected because: {pd.reason_next_rejected}.", ""]
+
+
 def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
     """``report.md`` (+ ``latency_vs_phi.png``): provenance first, then the decision and its evidence.
 
@@ -141,10 +183,12 @@ def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
         f"# edgefit: {fit.family} for {fit.target} ({fit.precision})", "",
         *([unknown, ""] if unknown else []),
         _provenance_line(fit), "",
-        f"Budget: {budget}. Chosen: **φ={fit.phi:g}** (depth ×{fit.depth_multiplier:.3f}, width "
+        f"Budget: {budget}. Chosen: **{_chosen_words(fit)}** (depth ×{fit.depth_multiplier:.3f}, width "
         f"×{fit.width_multiplier:.3f}, resolution {fit.resolution}), {fit.params:,} parameters, "
         f"{fit.macs / 1e6:.1f} M MACs.", "",
+        *_scaling_line(fit),
         f"Next larger architecture rejected because: {fit.search.reason_next_rejected}.", "",
+        *_per_dimension_lines(fit),
         f"Verified: latency {v.latency}, memory {v.memory}, accuracy {v.accuracy}.", "",
         f"![latency vs φ]({png.name})", "",
     ]
@@ -154,7 +198,8 @@ def write_report(fit: RunRecord | dict, run_dir: Path) -> Path:
         lines += ["## Measurements on the device", "",
                   "| φ | resolution | predicted ms | measured p50 | p90 | memory MiB | error | fits |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m.phi:g} | {m.resolution} | {m.predicted_ms:.2f} | {m.latency_ms:.2f} | "
+        lines += [f"| {m.phi:g}{'' if m.dims is None else ' (φ_d/w/r ' + '/'.join(f'{x:g}' for x in m.dims) + ')'} | "
+                  f"{m.resolution} | {m.predicted_ms:.2f} | {m.latency_ms:.2f} | "
                   f"{m.latency_ms_p90:.2f} | {m.memory_mb} | {m.error_pct:+.1f}% | {m.fits} |"
                   for m in fit.measurements]
         lines.append("")

@@ -25,7 +25,7 @@ GRID_STEP = 0.01  # then refined by bisection, so plateaus narrower than the ste
 NEIGHBOURS = 3  # candidates either side of the boundary that go into the frontier table
 PLOT_POINTS = 12  # evenly spread candidates evaluated for the report's curve
 
-__all__ = ["DEFAULT_PHI_RANGE", "Budget", "enumerate_architectures", "search"]
+__all__ = ["DEFAULT_PHI_RANGE", "Budget", "distinct_scales", "enumerate_architectures", "rejection", "search"]
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,22 @@ def enumerate_architectures(family: str, phi_min: float, phi_max: float,
                             scaling: CompoundScaling | None = None) -> list[Architecture]:
     """Distinct architectures for compound φ in [phi_min, phi_max], smallest first."""
     scaling = scaling or CompoundScaling()
+    return [Architecture(family, p, e, s) for p, e, s in distinct_scales(family, scaling.compound, phi_min, phi_max)]
+
+
+def distinct_scales(family: str, scale_of: Callable[[float], Scale], phi_min: float,
+                    phi_max: float) -> list[tuple[float, float, Scale]]:
+    """``(first φ, last φ, scale)`` of each distinct architecture ``scale_of(φ)`` gives for φ in [phi_min, phi_max].
+
+    ``scale_of`` is compound scaling for the search, or one dimension's φ with the others held
+    (the per-dimension fill, :mod:`pipeline.fit.perdim`). The range is scanned in steps of
+    ``GRID_STEP`` and every change of architecture located by bisection to 1e-4.
+    """
     if not (math.isfinite(phi_min) and math.isfinite(phi_max)) or phi_min >= phi_max:
         raise BudgetInfeasible(f"empty φ range [{phi_min}, {phi_max}]: --phi-min must be below --phi-max.")
 
     def sig(phi: float) -> tuple:
-        return signature(family, scaling.compound(phi))
+        return signature(family, scale_of(phi))
 
     def first_phi(lo: float, hi: float, s_hi: tuple) -> float:
         """Smallest φ (to 1e-4) in (lo, hi] with signature s_hi, by bisection."""
@@ -106,7 +117,7 @@ def enumerate_architectures(family: str, phi_min: float, phi_max: float,
             starts.append(first_phi(a, b, s_b))
             prev = s_b
     ends = [s for s in starts[1:]] + [phi_max]
-    return [Architecture(family, p, round(e, 4), scaling.compound(p)) for p, e in zip(starts, ends)]
+    return [(p, round(e, 4), scale_of(p)) for p, e in zip(starts, ends)]
 
 
 Predict = Callable[[Architecture], tuple[float, float]]  # -> (latency_ms at the percentile, memory MiB)
@@ -130,7 +141,7 @@ def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_p
             arch = archs[i]
             cost = scale_cost(arch.family, arch.scale, num_classes)
             lat, mem = predict(arch)
-            reason = _rejection(lat, mem, budget, margins, memory_limit_mb)
+            reason = rejection(lat, mem, budget, margins, memory_limit_mb)
             s = arch.scale
             cache[i] = Candidate(i, arch.phi, arch.phi_max, s.resolution, round(s.depth, 4), round(s.width, 4),
                                  cost.params, cost.macs, round(lat, 4), round(mem, 2), reason is None, reason)
@@ -162,7 +173,7 @@ def search(archs: list[Architecture], predict: Predict, budget: Budget, margin_p
                         round(time.perf_counter() - started, 4), tuple(archs), evaluate, margins[1])
 
 
-def _rejection(lat: float, mem: float, budget: Budget, margins: tuple[float, float],
+def rejection(lat: float, mem: float, budget: Budget, margins: tuple[float, float],
                limit: float | None) -> str | None:
     """Why a prediction does not fit, or None when it does. ``margins``: (latency %, memory %)."""
     k, km = 1 + margins[0] / 100, 1 + margins[1] / 100

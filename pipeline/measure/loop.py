@@ -61,6 +61,7 @@ class Measurement:
     reference_ms: float | None = None
     round_ms: tuple[float, ...] = field(default=(), repr=False)  # each round's p50 (not written to fit.json)
     reference_round_ms: tuple[float, ...] = field(default=(), repr=False)  # the reference's mean, per round
+    dims: list[float] | None = None  # per-dimension φ (depth, width, resolution) when not a compound scale
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -110,14 +111,21 @@ def measured_fits(latency: float, memory: float | None, budget: Budget) -> bool:
 def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float, float]],
                 measure: Callable[[int], Measurement], budget: Budget,
                 log: Callable[[str], None] = lambda _: None,
-                notes: list[str] | None = None) -> tuple[int, list[Measurement]]:
+                notes: list[str] | None = None,
+                known: dict[int, Measurement] | None = None) -> tuple[int, list[Measurement]]:
     """Return (chosen index, measurements). ``predicted(i)`` -> (latency at percentile, memory).
 
     ``notes`` receives why the next larger architecture was not measured, when it was not
     (:data:`CONFIRM_SKIP_PCT`).
+
+    ``known``: architectures already measured (by index), which correct the predictions and bound
+    the bracket without being timed again (the per-dimension fill starts from the compound pick's
+    measurement); they are returned with the new ones and do not count towards ``MAX_MEASUREMENTS``.
     """
-    done: dict[int, Measurement] = {}
-    ok, bad = -1, n_archs  # largest index measured to fit, smallest measured not to fit
+    done: dict[int, Measurement] = dict(known or {})
+    # largest index measured to fit, smallest measured not to fit
+    ok = max((j for j, m in done.items() if m.fits), default=-1)
+    bad = min((j for j, m in done.items() if not m.fits), default=n_archs)
 
     def ratio(i: int) -> tuple[float, float]:
         near = min(done.values(), key=lambda m: abs(m.index - i))
@@ -131,17 +139,19 @@ def closed_loop(n_archs: int, start: int, predicted: Callable[[int], tuple[float
         lat, mem = predicted(i)
         return measured_fits(lat * lat_r, mem * mem_r, budget)
 
-    i = start
-    while len(done) < MAX_MEASUREMENTS:
-        m = measure(i)
-        done[i] = m
-        log(f"measured φ={m.phi:g} (res {m.resolution}): p{budget.percentile} "
-            f"{m.latency_at(budget.percentile):.2f} ms, predicted {m.predicted_ms:.2f} ms "
-            f"({m.error_pct:+.1f}%) -> {'fits' if m.fits else 'over budget'}")
-        if m.fits:
-            ok = max(ok, i)
-        else:
-            bad = min(bad, i)
+    i, new = start, 0
+    while new < MAX_MEASUREMENTS:
+        if i not in done:
+            m = measure(i)
+            done[i], new = m, new + 1
+            what = f"φ={m.phi:g}" if m.dims is None else "φ_d={:g} φ_w={:g} φ_r={:g}".format(*m.dims)
+            log(f"measured {what} (res {m.resolution}): p{budget.percentile} "
+                f"{m.latency_at(budget.percentile):.2f} ms, predicted {m.predicted_ms:.2f} ms "
+                f"({m.error_pct:+.1f}%) -> {'fits' if m.fits else 'over budget'}")
+            if m.fits:
+                ok = max(ok, i)
+            else:
+                bad = min(bad, i)
         if bad == ok + 1 or (ok == n_archs - 1):
             break
         inside = [j for j in range(ok + 1, bad) if j not in done]

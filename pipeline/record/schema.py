@@ -63,6 +63,22 @@ class ScaleRecord(_Strict):
     preset: str | None = None
 
 
+class ScalingRecord(_Strict):
+    """The compound-scaling constants the architectures were made with (``--alpha/--beta/--gamma``, ``--scaling``).
+
+    ``kind``: ``reference`` (shipped: efficientnet, dollar-fast), ``user`` (saved in the user config),
+    ``run`` (taken from a grid or fit run), ``flags`` (given as numbers). ``base_resolution`` is φ=0's.
+    """
+
+    name: str | None
+    alpha: float
+    beta: float
+    gamma: float
+    kind: str
+    source: str
+    base_resolution: int
+
+
 class BudgetRecord(_Strict):
     """What must fit; ``None`` means unconstrained. Memory in MiB, the noise margin in percent."""
 
@@ -260,6 +276,46 @@ class MeasurementRow(_Strict):
     onnx: str | None
     latency_ms_worst_round: float | None = None
     reference_ms: float | None = None  # the reference model, timed in the same rounds (pipeline.measure.reference)
+    dims: list[float] | None = None  # φ_d, φ_w, φ_r of a per-dimension candidate (its ``phi`` is the compound pick's)
+
+
+class PerDimensionPoint(_Strict):
+    """One end of the per-dimension fill: its φ per dimension, size, latency (measured or predicted) and utilisation."""
+
+    phi_depth: float
+    phi_width: float
+    phi_resolution: float
+    resolution: int
+    depth_multiplier: float
+    width_multiplier: float
+    latency_ms: float
+    memory_mb: float | None
+    utilisation: float | None  # latency / latency budget (memory / memory budget without one)
+
+
+class PerDimensionStep(_Strict):
+    """A rung of one dimension's ladder that was measured, or the rung each ladder chose."""
+
+    dimension: Literal["resolution", "width"]
+    phi: float
+    resolution: int
+    width_multiplier: float
+    predicted_ms: float
+    measured_ms: float | None
+    fits: bool | None
+    chosen: bool
+
+
+class PerDimension(_Strict):
+    """``deploy fit --search per-dimension``: from the compound pick, resolution then width raised into the gap."""
+
+    basis: Literal["measured", "predicted"]
+    order: list[str]
+    compound: PerDimensionPoint
+    chosen: PerDimensionPoint
+    utilisation_gained_pp: float | None
+    reason_next_rejected: str | None
+    steps: list[PerDimensionStep]
 
 
 class Search(_Strict):
@@ -274,6 +330,8 @@ class Search(_Strict):
     seconds_total: float | None = None  # set once the whole run is done
     # the whole search step (fitting the predictor, enumerating architectures, searching): what `fit` logs
     step_seconds: float | None = None
+    mode: Literal["compound", "per-dimension"] | None = None  # --search (files before it: compound)
+    per_dimension: PerDimension | None = None
 
 
 class LoadCheckRecord(_Strict):
@@ -351,6 +409,7 @@ class RunRecord(_Strict):
     params: int
     macs: int
     scale: ScaleRecord
+    scaling: ScalingRecord | None = None  # files before --alpha/--beta/--gamma on fit: EfficientNet's constants
     num_classes: int
     budget: BudgetRecord
     predicted: Predicted
@@ -419,6 +478,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["SCHEMA_FILE", "SCHEMA_VERSION", "Accuracy", "AgentMeasured", "Artifacts", "BudgetRecord", "FamilyChoice",
-           "FamilyPick", "FrontierRow", "HostMeasured", "LoadCheckRecord", "MeasurementRow", "Noise", "PrecisionRow",
-           "Predicted", "RunRecord", "Search", "TrtexecMeasured", "Verified", "json_schema", "schema_text",
-           "write_schema"]
+           "FamilyPick", "FrontierRow", "HostMeasured", "LoadCheckRecord", "MeasurementRow", "Noise", "PerDimension",
+           "PerDimensionPoint", "PerDimensionStep", "PrecisionRow", "Predicted", "RunRecord", "ScalingRecord", "Search",
+           "TrtexecMeasured", "Verified", "json_schema", "schema_text", "write_schema"]

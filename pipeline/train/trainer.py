@@ -445,6 +445,7 @@ class TrainOptions:
     val_fraction: float = DEFAULT_VAL_FRACTION
     split_seed: int = DEFAULT_SPLIT_SEED
     device: str | None = None
+    scaling: dict | None = None  # the α, β, γ the scale was made with (recorded in the settings; None: a preset)
 
 
 def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir: str | Path,
@@ -459,10 +460,11 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
 
     ``resolution`` is the input side length trained at (and exported at). ``None`` means
     the dataset's default if it declares one (builtin:digits: 32 px, its images being
-    8x8), else ``scale.resolution``. The checkpoint's scale carries the resolution used;
-    its nominal resolution is kept beside it. ``init_from`` starts from a checkpoint of
-    the same family (any scale; see :func:`inherit_weights`); ``teacher`` distils from a
-    checkpoint of any family/scale trained on the same classes. A ``model.onnx`` or
+    8x8; builtin:shapes: the nominal resolution scaled to its 64 px images, see
+    :meth:`~pipeline.data.datasets.LabelledData.resolution_for`), else ``scale.resolution``.
+    The checkpoint's scale carries the resolution used; its nominal resolution is kept beside it.
+    ``init_from`` starts from a checkpoint of the same family (any scale; see :func:`inherit_weights`);
+    ``teacher`` distils from a checkpoint of any family/scale trained on the same classes. A ``model.onnx`` or
     ``verify.json`` left in ``out_dir`` by an earlier run is removed (it describes the old
     checkpoint) unless ``clean_stale=False``.
 
@@ -486,7 +488,7 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
     dataset = data if isinstance(data, LabelledData) else load_dataset(data)
     split = dataset.split(val_fraction, split_seed)
     nominal = scale.resolution
-    res = resolution or dataset.default_resolution or nominal
+    res = resolution or dataset.resolution_for(nominal)
     if isinstance(res, bool) or not isinstance(res, int) or res < 8:
         raise UsageError(f"resolution must be an integer >= 8, got {res!r}.")
     scale = scale.with_resolution(res)
@@ -549,7 +551,8 @@ def train(family: str, scale: Scale, data: str | Path | LabelledData, *, out_dir
                         "resolution": res, "init_from": None if init_from is None else str(init_from),
                         "teacher": None if teacher is None else str(teacher),
                         **({"world_size": dist.world_size, "global_batch": batch_size * dist.world_size,
-                            "backend": dist.backend} if dist is not None else {})}
+                            "backend": dist.backend} if dist is not None else {}),
+                        **({"scaling": o.scaling} if o.scaling is not None else {})}
             ds_info = {**dataset.info(), "split": split.to_dict()}
             best_acc, best_epoch, history, step = -1.0, 0, [], 0
             for epoch in range(1, epochs + 1):
