@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.core.budget import Budget
 from pipeline.core.scaling import CompoundScaling
-from pipeline.cost.trace import scale_cost
+from pipeline.cost.plan import scale_cost
 from pipeline.fit.options import SearchOptions
 from pipeline.fit.perdim import fill_gap, ladder
 from pipeline.fit.search import Architecture, enumerate_architectures

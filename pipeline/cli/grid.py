@@ -54,19 +54,28 @@ def grid_text(d: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Grid folder (default runs/grid-<family>); rerunning into it resumes.")
 @click.option("--save-scaling", default=None, metavar="NAME", help="Save the winner's α, β, γ as this named scaling.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the points here one by one, or as Ray tasks (pip install 'edgefit[distributed]').")
+@click.option("--ray-address", default=None, help="A running Ray cluster (HEAD:6379); default: a local Ray.")
+@click.option("--trial-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs each Ray task declares.")
 @json_option("Print grid.json to stdout (progress goes to stderr).")
 def grid(family, data, phi, flops_ratio, tolerance, step, seeds, epochs, objective, latency, phi_min, phi_max,
-         target_name, threads, train_threads, base_resolution, out, save_scaling, as_json):
+         target_name, threads, train_threads, base_resolution, out, save_scaling, backend, ray_address, trial_cpus,
+         as_json):
     """Grid-search α, β, γ: train each point, measure it on the target, rank, report (resumes where it stopped)."""
     from pipeline.core.scalings import check_name
+    from pipeline.research.backends import backend_for
     from pipeline.research.grid import GridOptions, run_grid, save_winner
 
     if save_scaling:
         check_name(save_scaling)  # before hours of training, not after
+    family = family or "efficientnet"
     out = out or Path("runs") / f"grid-{family}"
     opts = GridOptions(family, data, phi, flops_ratio, tolerance, step, seeds, epochs, objective, target_name, threads,
                        latency, phi_min, phi_max, base_resolution, train_threads=train_threads or None)
-    result = run_grid(opts, out, progress=progress_bar("grid", unit="training"), log=bar_log)
+    runner = backend_for(backend, ray_address, trial_cpus)
+    result = run_grid(opts, out, progress=progress_bar("grid", unit="training"), log=bar_log, backend=runner)
     if save_scaling:
         save_winner(result, save_scaling)
     emit({**result, "out": str(out), "saved_as": save_scaling}, as_json, grid_text)

@@ -59,11 +59,17 @@ def _floats(ctx, param, value: str) -> tuple[float, ...]:
               help="Resolution of φ=0 (default: the dataset's native size, builtin:shapes 64; else 224).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Study folder (default runs/study); rerunning into it resumes, as does a grid's folder.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the trainings here one by one, or as Ray tasks (pip install 'edgefit[distributed]').")
+@click.option("--ray-address", default=None, help="A running Ray cluster (HEAD:6379); default: a local Ray.")
+@click.option("--trial-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="CPUs each Ray task declares.")
 @json_option("Print study.json to stdout (progress goes to stderr).")
 def study(families, data, flops_ratios, seeds, epochs, phi, scaling_name, target_name, threads, train_threads,
-          base_resolution, out, as_json):
+          base_resolution, out, backend, ray_address, trial_cpus, as_json):
     """Compare depth-, width-, resolution-only and compound scaling at matched MACs (mean ± spread over seeds)."""
     from pipeline.core.scalings import lookup
+    from pipeline.research.backends import backend_for
     from pipeline.research.study import StudyOptions, run_study
 
     winner = lookup(scaling_name) if scaling_name else None
@@ -73,5 +79,6 @@ def study(families, data, flops_ratios, seeds, epochs, phi, scaling_name, target
                         None if winner is None else (winner.name or "grid winner"), base_resolution,
                         train_threads=train_threads or None)
     out = out or Path("runs") / "study"
-    result = run_study(opts, out, progress=progress_bar("study", unit="training"), log=bar_log)
+    result = run_study(opts, out, progress=progress_bar("study", unit="training"), log=bar_log,
+                       backend=backend_for(backend, ray_address, trial_cpus))
     emit({**result, "out": str(out)}, as_json, study_text)

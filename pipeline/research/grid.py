@@ -36,7 +36,7 @@ from pathlib import Path
 from pipeline.core.errors import BudgetInfeasible, UsageError
 from pipeline.core.io import write_json
 from pipeline.core.scaling import REFERENCE_SCALINGS, flops_factor, reference_constants
-from pipeline.research.points import PointCache, PointSpec, run_point
+from pipeline.research.points import PointCache, PointSpec
 from pipeline.research.report import write_grid_report
 
 GRID_JSON = "grid.json"
@@ -217,11 +217,17 @@ def largest_fitting_phi(opts: GridOptions, point: GridPoint, base: int, num_clas
 
 
 def run_grid(opts: GridOptions, out: str | Path, *, progress: Progress | None = None,
-             log: Callable[[str], None] = lambda _: None, device=None) -> dict:
-    """Run (or resume) the grid in ``out``; write grid.json and report.md there; return grid.json's object."""
+             log: Callable[[str], None] = lambda _: None, device=None, backend=None) -> dict:
+    """Run (or resume) the grid in ``out``; write grid.json and report.md there; return grid.json's object.
+
+    ``backend`` (:mod:`pipeline.research.backends`) runs the points: here one by one (default) or as
+    Ray tasks. Either way finished points land in, and are read back from, the same per-point cache.
+    """
     from pipeline.data.datasets import load_dataset
+    from pipeline.research.backends import LocalBackend, PointFailure, PointJob
 
     opts = opts.check()
+    backend = backend or LocalBackend()
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,9 +238,9 @@ def run_grid(opts: GridOptions, out: str | Path, *, progress: Progress | None = 
     total = len(points) * opts.seeds + (len(points) if opts.objective == "accuracy-at-latency" else 0)
     log(f"grid: {len(points)} (α, β, γ) points ({sum(p.on_grid for p in points)} on the grid, "
         f"{sum(not p.on_grid for p in points)} reference only) × {opts.seeds} seed(s), {opts.epochs} epoch(s) each, "
-        f"on {data.name}; results cached in {cache.dir}")
-    done, summaries = 0, []
-    for point in points:
+        f"on {data.name}, backend {backend.name}; results cached in {cache.dir}")
+    done, extras, jobs, owner = 0, [], [], []
+    for n, point in enumerate(points):  # the φ of each point first (accuracy-at-latency searches it here)
         extra, phi = {}, opts.phi
         if opts.objective == "accuracy-at-latency":
             extra = largest_fitting_phi(opts, point, base, data.num_classes, out, log)
@@ -242,29 +248,34 @@ def run_grid(opts: GridOptions, out: str | Path, *, progress: Progress | None = 
             if progress:
                 progress(done, total, f"{point.name}: fit")
             phi = extra["phi"]
-        rows = []
-        if phi is not None:
-            for seed in range(opts.seeds):
-                spec = PointSpec.compound(opts.family, point.alpha, point.beta, point.gamma, phi, seed=seed,
-                                          data=opts.data, epochs=opts.epochs, target=opts.target,
-                                          threads=opts.threads, base_resolution=base, batch_size=opts.batch_size,
-                                          lr=opts.lr, train_threads=opts.train_threads, opset=opts.opset,
-                                          label="+".join(point.references) or "grid")
-                row = run_point(spec, cache, data=data, device=device, log=log)
-                rows.append(row)
-                done += 1
-                log(f"{point.name} seed {seed}: val accuracy {row['val_accuracy']:.4f}, {row['latency_ms']:.2f} ms "
-                    f"({row['provenance']}){' [cached]' if row['cached'] else ''}")
-                if progress:
-                    progress(done, total, f"{point.name} seed {seed}")
-        else:
+        extras.append(extra)
+        if phi is None:
             done += opts.seeds
             log(f"{point.name}: nothing fits {opts.latency_ms:g} ms ({extra.get('reason')})")
-        summaries.append(summarise(point, rows, extra))
-        result = _grid_record(opts, data, base, summaries, complete=False, seconds=time.perf_counter() - started,
-                              out=out)
-        write_json(out / GRID_JSON, result)
+            continue
+        for seed in range(opts.seeds):
+            spec = PointSpec.compound(opts.family, point.alpha, point.beta, point.gamma, phi, seed=seed,
+                                      data=opts.data, epochs=opts.epochs, target=opts.target,
+                                      threads=opts.threads, base_resolution=base, batch_size=opts.batch_size,
+                                      lr=opts.lr, train_threads=opts.train_threads, opset=opts.opset,
+                                      label="+".join(point.references) or "grid")
+            jobs.append(PointJob(spec, f"{point.name} seed {seed}"))
+            owner.append(n)
+    results = backend.run(jobs, cache, data=data, device=device, log=log, progress=progress, done_before=done,
+                          total=total)
+    rows: list[list[dict]] = [[] for _ in points]
+    failures: list[list[dict]] = [[] for _ in points]
+    for n, job, row in zip(owner, jobs, results):
+        if isinstance(row, PointFailure):
+            failures[n].append(row.to_dict())
+            continue
+        rows[n].append(row)
+        log(f"{job.label}: val accuracy {row['val_accuracy']:.4f}, {row['latency_ms']:.2f} ms "
+            f"({row['provenance']}){' [cached]' if row['cached'] else ''}")
+    summaries = [summarise(point, rows[n], {**extras[n], **({"failures": failures[n]} if failures[n] else {})})
+                 for n, point in enumerate(points)]
     result = _grid_record(opts, data, base, summaries, complete=True, seconds=time.perf_counter() - started, out=out)
+    result["backend"] = backend.name
     write_json(out / GRID_JSON, result)
     write_grid_report(result, out)
     return result

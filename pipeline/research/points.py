@@ -164,7 +164,7 @@ def run_point(spec: PointSpec, cache: PointCache | None = None, *, data=None, de
     """
     import torch
 
-    from pipeline.cost.trace import scale_cost
+    from pipeline.cost.plan import scale_cost
     from pipeline.data.datasets import load_dataset
     from pipeline.export.onnx import DEFAULT_OPSET, export_onnx
     from pipeline.predict.targets import load_target

@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.core.errors import UsageError
+from pipeline.core.errors import DeployError, UsageError
 from pipeline.core.io import write_json
 from pipeline.core.scaling import DEFAULTS, CompoundScaling, reference_constants
-from pipeline.research.points import PointCache, PointSpec, run_point
+from pipeline.research.points import PointCache, PointSpec
 
 STUDY_JSON = "study.json"
 SINGLE = ("depth", "width", "resolution")
@@ -110,7 +110,7 @@ def matched_delta(family: str, u: tuple[float, float, float], base_phi: float, r
     The distinct architectures along ``u`` above the base are enumerated (rounding makes MACs a step
     function) and bisected on MACs; of the two rungs around the ratio the nearer on a log scale wins.
     """
-    from pipeline.cost.trace import scale_cost
+    from pipeline.cost.plan import scale_cost
     from pipeline.fit.search import distinct_scales
 
     def macs(dims) -> int:
@@ -193,10 +193,16 @@ def verdict(compound: dict, singles: list[dict]) -> dict:
 
 
 def run_study(opts: StudyOptions, out: str | Path, *, progress: Progress | None = None,
-              log: Callable[[str], None] = lambda _: None, device=None) -> dict:
-    """Run (or resume, from the per-point cache) the study in ``out``; write study.json and report.md."""
+              log: Callable[[str], None] = lambda _: None, device=None, backend=None) -> dict:
+    """Run (or resume, from the per-point cache) the study in ``out``; write study.json and report.md.
+
+    ``backend`` runs the points (:mod:`pipeline.research.backends`: here, or as Ray tasks).
+    """
     from pipeline.data.datasets import load_dataset
+    from pipeline.research.backends import LocalBackend, PointFailure, PointJob
     from pipeline.research.report import write_study_report
+
+    backend = backend or LocalBackend()
 
     opts = opts.check()
     started = time.perf_counter()
@@ -214,20 +220,22 @@ def run_study(opts: StudyOptions, out: str | Path, *, progress: Progress | None 
     eff = reference_constants("efficientnet")
 
     def train_rows(family: str, dims, label: str) -> list[dict]:
+        """The seeds of one model, run by the backend (a Ray backend trains them side by side)."""
         nonlocal done
-        rows = []
-        for seed in range(opts.seeds):
-            spec = PointSpec(family, *eff, *dims, seed=seed, data=opts.data, epochs=opts.epochs,
-                             target=opts.target, threads=opts.threads, base_resolution=base_res,
-                             batch_size=opts.batch_size, lr=opts.lr, train_threads=opts.train_threads,
-                             opset=opts.opset, label=label)
-            row = run_point(spec, cache, data=data, device=device, log=log)
-            rows.append(row)
-            done += 1
-            log(f"{family} {label} seed {seed}: val accuracy {row['val_accuracy']:.4f}, "
-                f"{row['macs'] / 1e6:.1f} M MACs, {row['latency_ms']:.2f} ms{' [cached]' if row['cached'] else ''}")
-            if progress:
-                progress(done, total, f"{family} {label} seed {seed}")
+        jobs = [PointJob(PointSpec(family, *eff, *dims, seed=seed, data=opts.data, epochs=opts.epochs,
+                                   target=opts.target, threads=opts.threads, base_resolution=base_res,
+                                   batch_size=opts.batch_size, lr=opts.lr, train_threads=opts.train_threads,
+                                   opset=opts.opset, label=label), f"{family} {label} seed {seed}")
+                for seed in range(opts.seeds)]
+        rows = backend.run(jobs, cache, data=data, device=device, log=log, progress=progress, done_before=done,
+                           total=total)
+        done += len(jobs)
+        failed = [r for r in rows if isinstance(r, PointFailure)]
+        if failed:  # a Table-3 row needs every seed: unlike a grid point, it cannot be left out
+            raise DeployError(f"study point {failed[0].label} failed: {failed[0].error}")
+        for job, row in zip(jobs, rows):
+            log(f"{job.label}: val accuracy {row['val_accuracy']:.4f}, {row['macs'] / 1e6:.1f} M MACs, "
+                f"{row['latency_ms']:.2f} ms{' [cached]' if row['cached'] else ''}")
         return rows
 
     families = {}
