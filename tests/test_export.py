@@ -7,6 +7,7 @@ Parity inputs are drawn fresh on every run (``seed=None``).
 from __future__ import annotations
 
 import hashlib
+import shutil
 from functools import cache
 from pathlib import Path
 
@@ -190,6 +191,9 @@ def test_failed_check_leaves_the_existing_file_intact(tmp_path, monkeypatch):
         raise onnx.checker.ValidationError("injected checker failure")
 
     monkeypatch.setattr(onnx.checker, "check_model", broken_checker)
+    from pipeline.core.paths import edgefit_home
+
+    shutil.rmtree(edgefit_home() / "cache" / "onnx", ignore_errors=True)  # a fresh export, not the cached copy
     with pytest.raises(ExportError, match="injected checker failure"):
         export_onnx(model, target, opset=13)
     assert target.read_bytes() == before
