@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["cost_speed.py", "predictor_accuracy.py", "predictor_published.py", "fit_quality.py", "accuracy_vs_scale.py"]
+BENCHES = ["cost_speed.py", "predictor_accuracy.py", "predictor_published.py", "fit_quality.py", "accuracy_vs_scale.py",
+           "scaling_study.py"]
 
 if __name__ == "__main__":
     failed = []

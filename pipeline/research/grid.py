@@ -234,6 +234,8 @@ def run_grid(opts: GridOptions, out: str | Path, *, progress: Progress | None = 
         f"{sum(not p.on_grid for p in points)} reference only) × {opts.seeds} seed(s), {opts.epochs} epoch(s) each, "
         f"on {data.name}; results cached in {cache.dir}")
     done, summaries = 0, []
+    if progress:
+        progress(0, total, "starting")
     for point in points:
         extra, phi = {}, opts.phi
         if opts.objective == "accuracy-at-latency":

@@ -230,6 +230,8 @@ def run_study(opts: StudyOptions, out: str | Path, *, progress: Progress | None 
                 progress(done, total, f"{family} {label} seed {seed}")
         return rows
 
+    if progress:
+        progress(0, total, "starting")
     families = {}
     for family in opts.families:
         base_dims = (opts.phi,) * 3
