@@ -240,6 +240,8 @@ def run_grid(opts: GridOptions, out: str | Path, *, progress: Progress | None = 
         f"{sum(not p.on_grid for p in points)} reference only) × {opts.seeds} seed(s), {opts.epochs} epoch(s) each, "
         f"on {data.name}, backend {backend.name}; results cached in {cache.dir}")
     done, extras, jobs, owner = 0, [], [], []
+    if progress:
+        progress(0, total, "starting")
     for n, point in enumerate(points):  # the φ of each point first (accuracy-at-latency searches it here)
         extra, phi = {}, opts.phi
         if opts.objective == "accuracy-at-latency":

@@ -101,6 +101,12 @@ class PointSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """``efficientnet 1.2/1.1/1.15 φ=1 seed 0`` (per-dimension: ``φ=(d, w, r)``), for progress lines."""
+        phi = (f"{self.phi_depth:g}" if self.is_compound
+               else f"({self.phi_depth:g}, {self.phi_width:g}, {self.phi_resolution:g})")
+        return f"{self.family} {self.alpha:.4g}/{self.beta:.4g}/{self.gamma:.4g} φ={phi} seed {self.seed}"
+
 
 class PointCache:
     """``DIR/points/<key>.json``: finished points, read back instead of retrained."""
@@ -183,9 +189,10 @@ def run_point(spec: PointSpec, cache: PointCache | None = None, *, data=None, de
                 torch.set_num_threads(spec.train_threads)
             # a dataset with a fixed input size (digits) keeps it; otherwise the scale's own resolution
             res = None if dataset.default_resolution else scale.resolution
-            result = train(spec.family, scale, dataset, out_dir=work, options=TrainOptions(
-                epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, seed=spec.seed, resolution=res,
-                scaling={"alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma}))
+            result = train(spec.family, scale, dataset, out_dir=work, log=lambda m: log(f"{spec.describe()}: {m}"),
+                           options=TrainOptions(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                                                seed=spec.seed, resolution=res,
+                                                scaling={"alpha": spec.alpha, "beta": spec.beta, "gamma": spec.gamma}))
         finally:
             torch.set_num_threads(threads_before)
         ck = load_checkpoint(result.checkpoint)

@@ -238,6 +238,8 @@ def run_study(opts: StudyOptions, out: str | Path, *, progress: Progress | None 
                 f"{row['latency_ms']:.2f} ms{' [cached]' if row['cached'] else ''}")
         return rows
 
+    if progress:
+        progress(0, total, "starting")
     families = {}
     for family in opts.families:
         base_dims = (opts.phi,) * 3
