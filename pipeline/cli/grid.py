@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import family_option, json_option, threads_option
+from pipeline.cli.options import backend_options, family_option, json_option, threads_option
 from pipeline.cli.output import bar_log, emit, progress_bar
 from pipeline.cli.render import table
 from pipeline.core.units import Duration
@@ -54,11 +54,7 @@ def grid_text(d: dict) -> str:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Grid folder (default runs/grid-<family>); rerunning into it resumes.")
 @click.option("--save-scaling", default=None, metavar="NAME", help="Save the winner's α, β, γ as this named scaling.")
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Run the points here one by one, or as Ray tasks (pip install 'edgefit[distributed]').")
-@click.option("--ray-address", default=None, help="A running Ray cluster (HEAD:6379); default: a local Ray.")
-@click.option("--trial-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="CPUs each Ray task declares.")
+@backend_options
 @json_option("Print grid.json to stdout (progress goes to stderr).")
 def grid(family, data, phi, flops_ratio, tolerance, step, seeds, epochs, objective, latency, phi_min, phi_max,
          target_name, threads, train_threads, base_resolution, out, save_scaling, backend, ray_address, trial_cpus,

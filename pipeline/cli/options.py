@@ -114,6 +114,17 @@ def _no_empty(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
     return tuple(value) or None
 
 
+def backend_options(f):
+    """``--backend local|ray``, ``--ray-address``, ``--trial-cpus``: where grid and study run their points."""
+    return _stack(
+        click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Run the points here one by one, or as Ray tasks (pip install 'edgefit[distributed]')."),
+        click.option("--ray-address", default=None, help="A running Ray cluster (HEAD:6379); default: a local Ray."),
+        click.option("--trial-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                     help="CPUs each Ray task declares."),
+    )(f)
+
+
 def agent_options(agent_help: str):
     """``--agent URL``, ``--agent-token-file F`` and ``--accept-device``: the same three on every command that
     measures on a device through its agent (fit, calibrate, verify)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import json_option, threads_option
+from pipeline.cli.options import backend_options, json_option, threads_option
 from pipeline.cli.output import bar_log, emit, progress_bar
 from pipeline.cli.render import table
 
@@ -59,11 +59,7 @@ def _floats(ctx, param, value: str) -> tuple[float, ...]:
               help="Resolution of φ=0 (default: the dataset's native size, builtin:shapes 64; else 224).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Study folder (default runs/study); rerunning into it resumes, as does a grid's folder.")
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Run the trainings here one by one, or as Ray tasks (pip install 'edgefit[distributed]').")
-@click.option("--ray-address", default=None, help="A running Ray cluster (HEAD:6379); default: a local Ray.")
-@click.option("--trial-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="CPUs each Ray task declares.")
+@backend_options
 @json_option("Print study.json to stdout (progress goes to stderr).")
 def study(families, data, flops_ratios, seeds, epochs, phi, scaling_name, target_name, threads, train_threads,
           base_resolution, out, backend, ray_address, trial_cpus, as_json):
