@@ -65,6 +65,7 @@ def test_calibrate_splits_the_suite_and_survives_an_agent_going_away(tmp_path, t
     assert profile.method["dropped_agents"] == [url_b] and profile.device["agents"] == [url_a]
 
 
+@pytest.mark.slow  # a whole fit through two agents; `make test-all` runs it
 def test_fit_on_a_farm_names_the_agent_that_measured(tmp_path, host_profile):
     with agent(_dir(tmp_path, "a")) as a, agent(_dir(tmp_path, "b")) as b:
         token = tmp_path / "client-token"

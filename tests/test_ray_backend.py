@@ -48,6 +48,7 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.mark.slow  # about 40 s: two grids of four trainings; `make test-all` runs it
 def test_ray_grid_matches_local_and_survives_a_killed_worker(tmp_path, ray_local):
     local = run_grid(OPTS, tmp_path / "local")
     stop, killed = threading.Event(), []

@@ -85,7 +85,7 @@ def test_absurd_phi_is_rejected(bad):
 
 
 def test_presets_table():
-    assert set(PRESETS) == {f"b{i}" for i in range(8)}
+    assert set(PRESETS) == {f"b{i}" for i in range(8)} | {f"lite{i}" for i in range(5)}
     b7 = preset("B7")
     assert (b7.width, b7.depth, b7.resolution, b7.dropout) == (2.0, 3.1, 600, 0.5)
     with pytest.raises(PresetNotFound, match="b0, b1"):
