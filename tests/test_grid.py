@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -85,6 +86,36 @@ def test_tiny_grid_writes_json_report_and_resumes_without_retraining(tmp_path, m
     assert len(trained) == 3  # only the point whose result was lost
     assert [p["name"] for p in again["points"]] == [p["name"] for p in result["points"]]
     assert sum(r["cached"] for p in again["points"] for r in p["rows"]) == 1
+    # the winner as a scaling: by folder, and saved by name
+    from pipeline.cli.grid import grid_text
+    from pipeline.core.scalings import lookup
+    from pipeline.research.grid import save_winner
+
+    assert lookup(str(out)).alpha == top["alpha"]
+    save_winner(again, "tiny-winner")
+    assert lookup("tiny-winner").beta == top["beta"]
+    text = grid_text({**again, "out": str(out), "saved_as": "tiny-winner"})
+    assert "winner α=" in text and "saved as scaling 'tiny-winner'" in text and "dollar-fast" in text
+
+
+def test_accuracy_at_latency_asks_fit_for_the_largest_model_within_the_budget(tmp_path, monkeypatch):
+    """On a predicted-only target (no timing in unit tests): fit's answer is cached, infeasible ones too."""
+    import pipeline.fit.flow as flow
+    from pipeline.research.grid import GridPoint, largest_fitting_phi
+
+    opts = GridOptions("resnet18", DATA, objective="accuracy-at-latency", latency_ms=2.0, target="jetson-nano",
+                       phi_min=-4, phi_max=-3).check()
+    point = GridPoint(1.2, 1.1, 1.15, ("efficientnet",))
+    got = largest_fitting_phi(opts, point, 32, 10, tmp_path, log=lambda _: None)
+    assert got["fits"] and -4 <= got["phi"] <= -3 and got["fit_measured"] is False
+    record = json.loads((tmp_path / "fits" / got["fit_run"].split("/")[-1] / "fit.json").read_text())
+    assert record["scaling"]["alpha"] == 1.2 and record["scaling"]["base_resolution"] == 32
+    tight = replace(opts, latency_ms=0.001)
+    nothing = largest_fitting_phi(tight, point, 32, 10, tmp_path, log=lambda _: None)
+    assert nothing["fits"] is False and nothing["phi"] is None and "Raise the budget" in nothing["reason"]
+    monkeypatch.setattr(flow, "fit", lambda *a, **k: pytest.fail("a cached fit was run again"))
+    assert largest_fitting_phi(opts, point, 32, 10, tmp_path, log=lambda _: None) == got
+    assert largest_fitting_phi(tight, point, 32, 10, tmp_path, log=lambda _: None) == nothing
 
 
 def test_a_point_is_keyed_by_what_changes_its_result(tmp_path):

@@ -30,6 +30,10 @@ def test_a_tiny_study_writes_the_table_the_plot_and_a_verdict(tmp_path):
     report = (tmp_path / "s" / "report.md").read_text()
     assert "| scale by width (×2) |" in report and "## What this run says" in report
     assert (tmp_path / "s" / "study.png").stat().st_size > 5000
+    from pipeline.cli.study import study_text
+
+    text = study_text({**result, "out": str(tmp_path / "s")})
+    assert "compound (deep) ×2" in text and "baseline" in text
 
 
 def test_verdict_is_judged_against_the_seed_spread():

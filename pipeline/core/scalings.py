@@ -133,7 +133,8 @@ def _from_run(path: Path) -> NamedScaling:
     if not isinstance(sc, dict):
         raise DeployError(f"{file} has no 'scaling' object (alpha, beta, gamma): nothing to take the constants from.")
     a, b, g = _check_constants(sc.get("alpha"), sc.get("beta"), sc.get("gamma"), f"{file} scaling")
-    return NamedScaling(sc.get("name"), a, b, g, "run", str(file))
+    unfinished = " (an unfinished grid: its winner so far)" if data.get("complete") is False else ""
+    return NamedScaling(sc.get("name"), a, b, g, "run", f"{file}{unfinished}")
 
 
 def lookup(name: str) -> NamedScaling:
