@@ -19,8 +19,14 @@ TRUE_LATENCY = {"conv_gmacs": 40.0, "pwconv_gmacs": 25.0, "dwconv_gmacs": 90.0, 
 TRUE_MEMORY = {"weights_mb": 1.1, "activations_mb": 1.5, "const": 12.0}
 
 
-def synthetic_profile(entries=FULL_SUITE, machine=None, channel_block=1) -> Profile:
-    """A profile whose latencies follow known per-feature coefficients exactly."""
+FAMILY_SUITE = tuple(e for e in FULL_SUITE if e.probe is None)
+
+
+def synthetic_profile(entries=FAMILY_SUITE, machine=None, channel_block=1, hint: int | None = None) -> Profile:
+    """A profile whose latencies follow known per-feature coefficients exactly (``hint``: the device's MLAS block)."""
+    machine = {k: v for k, v in (machine or host_machine()).items() if k != "nchwc_block"}
+    if hint is not None:
+        machine["nchwc_block"] = hint
     records = []
     for e in entries:
         s = e.scale()
@@ -32,7 +38,7 @@ def synthetic_profile(entries=FULL_SUITE, machine=None, channel_block=1) -> Prof
                         "phi_width": s.phi_width, "phi_resolution": s.phi_resolution, "resolution": s.resolution,
                         "latency_ms": {"p50": lat, "p90": lat * 1.1}, "peak_memory_mb": mem})
     return Profile(target="host", runtime={"name": "onnxruntime", "version": "test"}, precision="fp32",
-                   provenance="measured", device={**(machine or host_machine()), "threads": 1},
+                   provenance="measured", device={**machine, "threads": 1},
                    created="2026-01-01T00:00:00+00:00", method={"synthetic": True}, records=tuple(records))
 
 
@@ -61,6 +67,13 @@ def test_fit_finds_the_channel_block_the_device_pads_to():
     assert pred.predict(cost).latency_ms == pytest.approx(truth, rel=0.02)
 
 
+def test_a_device_that_states_its_mlas_block_is_fitted_with_it():
+    """The block is a fact of the CPU (AVX-512: 16): it is taken from the profile, not guessed from noise."""
+    pred = Predictor.fit(synthetic_profile(channel_block=16, hint=16))
+    assert pred.channel_block == 16 and "the device's MLAS block" in pred.method
+    assert "chosen on held-out error" in Predictor.fit(synthetic_profile(channel_block=16)).method
+
+
 def test_heldout_error_reports_misfit():
     noisy = synthetic_profile()
     recs = [dict(r, latency_ms={"p50": r["latency_ms"]["p50"] * (1.3 if i % 2 else 0.7)})
@@ -71,7 +84,7 @@ def test_heldout_error_reports_misfit():
 
 def test_cpu_mismatch_is_refused(tmp_path):
     other = {"cpu_model": "Imaginary CPU 9000", "cores": 64, "machine": "x86_64"}
-    profile = synthetic_profile(FULL_SUITE[:10], machine=other)
+    profile = synthetic_profile(FAMILY_SUITE[:10], machine=other)
     with pytest.raises(ProfileMismatch, match="recalibrate"):
         check_host_profile(profile, host_machine())
     path = host_profile_path("fp32", 1)

@@ -117,7 +117,8 @@ def test_host_is_detected_and_profiles_live_in_edgefit_home(tmp_path, monkeypatc
     assert set(host.detected) == {"memory_mb"}
     assert host.threads == 1 and host.memory_mb > 0  # 1 thread by default: reproducible timing
     info = host_machine()
-    assert set(info) == {"cpu_model", "cores", "machine"} and info["cores"] == os.cpu_count()
+    assert set(info) == {"cpu_model", "cores", "machine", "nchwc_block"} and info["cores"] == os.cpu_count()
+    assert info["nchwc_block"] in (1, 8, 16)
     key = host_machine_key()
     assert re.fullmatch(r"[a-z0-9-]+-\d+c-[0-9a-f]{8}", key) and key == host_machine_key()
     path = host.profile_path("int8")

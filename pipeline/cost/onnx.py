@@ -23,7 +23,8 @@ _KIND = {
     "LeakyRelu": "activation", "HardSigmoid": "activation", "HardSwish": "activation", "Gelu": "activation",
     "Add": "elementwise", "Mul": "elementwise", "Sub": "elementwise", "Div": "elementwise",
     "GlobalAveragePool": "reduce", "ReduceMean": "reduce", "MaxPool": "pool", "AveragePool": "pool",
-    "Concat": "copy",
+    "Concat": "copy", "Transpose": "copy", "Split": "copy", "Slice": "copy", "DepthToSpace": "copy",
+    "SpaceToDepth": "copy",
 }
 # Ops that only reinterpret a tensor (no data movement worth costing).
 _VIEWS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Cast"}
@@ -90,6 +91,11 @@ def onnx_cost(path: str | Path) -> Cost:
                 silu_done.add(muls[0].name)
                 out, name = muls[0].output[0], "silu"
         buffer[out] = len(ops) + 1
+        out_shape = shapes.get(out, ())
+        if len(node.output) > 1:  # Split: every output is a buffer; together they are one write of the input's size
+            for extra_out in node.output[1:]:
+                buffer[extra_out] = len(ops) + 1
+            out_shape = shapes.get(acts[0], out_shape)
         in_shapes = [shapes.get(n, ()) for n in acts]
         extra: dict = {}
         weights = [n for n in node.input[1:] if n in inits]
@@ -101,7 +107,7 @@ def onnx_cost(path: str | Path) -> Cost:
             extra = dict(weight_shape=inits[weights[0]], bias=sum(int(np.prod(inits[n])) for n in weights[1:]))
         elif kind == "norm":
             extra = dict(bias=2 * in_shapes[0][1])
-        ops.append(make_op(kind, name, "onnx", in_shapes, shapes.get(out, ()), tuple(buffer[n] for n in acts),
+        ops.append(make_op(kind, name, "onnx", in_shapes, out_shape, tuple(buffer[n] for n in acts),
                            buffer[out], **extra))
     resolution = shapes[graph_inputs[0].name][-1]
     return cost_from_ops(fuse(ops), resolution, params)

@@ -48,6 +48,25 @@ class Op:
         d.pop("inputs"), d.pop("output")
         return d
 
+    def to_record(self) -> list:
+        """Every field, in order, as JSON-ready lists: how a profile stores a probe's op list."""
+        return [list(v) if isinstance(v, tuple) else v for v in (getattr(self, f) for f in _OP_FIELDS)]
+
+    @classmethod
+    def from_record(cls, row: list) -> Op:
+        """The inverse of :meth:`to_record` (nested lists back to tuples)."""
+        if len(row) != len(_OP_FIELDS):
+            raise ValueError(f"an op record has {len(row)} fields, expected {len(_OP_FIELDS)}")
+        values = {f: _tuple(v) if isinstance(v, list) else v for f, v in zip(_OP_FIELDS, row)}
+        return cls(**values)
+
+
+_OP_FIELDS = tuple(Op.__dataclass_fields__)
+
+
+def _tuple(v):
+    return tuple(_tuple(x) if isinstance(x, list) else x for x in v)
+
 
 @dataclass(frozen=True)
 class Cost:

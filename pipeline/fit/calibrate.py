@@ -19,6 +19,7 @@ from pipeline.core.errors import BackendUnavailable
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.measure.device import Device, LocalDevice
 from pipeline.measure.settings import TimingSettings, timing
+from pipeline.models.probe_suite import PROBE_NAMES, QUICK_PROBES
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
 
@@ -27,6 +28,7 @@ class SuiteEntry:
     family: str
     phi: float | None = None
     dims: tuple[float, float, float] | None = None  # (φ_d, φ_w, φ_r) in per-dimension mode
+    probe: str | None = None  # family "probe": a calibration probe (pipeline.models.probes)
 
     def scale(self) -> Scale:
         s = CompoundScaling()
@@ -34,6 +36,8 @@ class SuiteEntry:
 
     @property
     def label(self) -> str:
+        if self.probe is not None:
+            return f"probe {self.probe}"
         if self.dims is None:
             return f"{self.family} φ={self.phi:g}"
         return f"{self.family} φd={self.dims[0]:g} φw={self.dims[1]:g} φr={self.dims[2]:g}"
@@ -47,6 +51,7 @@ FULL_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry("resnet18", p) for p in (-3, -2, -1, 0, 1)),
     *(SuiteEntry("resnet50", p) for p in (-3, -2, -1, 0)),
     *(SuiteEntry(f, dims=d) for f in ("efficientnet", "mobilenetv2", "resnet18") for d in _ONE_DIM),
+    *(SuiteEntry("probe", probe=name) for name in PROBE_NAMES),
 )
 QUICK_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry(f, p) for f in ("efficientnet", "mobilenetv2", "resnet18") for p in (-2, 0)),
@@ -57,6 +62,7 @@ QUICK_SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("efficientnet", dims=(2, 0, 0)),
     SuiteEntry("resnet18", dims=(0, -2, 1)),
     SuiteEntry("mobilenetv2", dims=(1, 1, -1)),
+    *(SuiteEntry("probe", probe=name) for name in QUICK_PROBES),
 )
 FULL_TIMING: TimingSettings = timing("calibrate")  # rows of the one settings table (pipeline.measure.settings)
 QUICK_TIMING: TimingSettings = timing("calibrate-quick")
@@ -69,6 +75,8 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
     from pipeline.export.onnx import export_onnx
     from pipeline.models import build, initialize
 
+    if entry.probe is not None:
+        return _export_probe(entry.probe, path, precision, opset)
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
     export_onnx(model, path, opset=opset)
@@ -80,6 +88,23 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
     return {"kind": "model", "family": entry.family, "phi": scale.phi, "phi_depth": scale.phi_depth,
             "phi_width": scale.phi_width, "phi_resolution": scale.phi_resolution, "preset": None,
             "resolution": scale.resolution, "num_classes": num_classes, "params": cost.params, "macs": cost.macs}
+
+
+def _export_probe(name: str, path: Path, precision: str, opset: int | None) -> dict:
+    """Export a calibration probe; its record carries the op list costed from the fp32 export."""
+    from pipeline.cost.onnx import onnx_cost
+    from pipeline.export.onnx import export_onnx
+    from pipeline.models.probes import PROBE_CLASSES, build_probe
+
+    export_onnx(build_probe(name), path, opset=opset)
+    cost = onnx_cost(path)
+    if precision == "int8":
+        from pipeline.fit.steps import quantize_candidate
+
+        quantize_candidate(path, path)
+    return {"kind": "model", "family": "probe", "probe": name, "phi": None, "phi_depth": None, "phi_width": None,
+            "phi_resolution": None, "preset": None, "resolution": cost.resolution, "num_classes": PROBE_CLASSES,
+            "params": cost.params, "macs": cost.macs, "ops": [op.to_record() for op in cost.ops]}
 
 
 def timed_record(record: dict, latency_ms: dict, peak_memory_mb: float | None, repeats: int) -> dict:

@@ -40,6 +40,11 @@ CASES = ("same family", "leave-one-family-out", "unknown")
 Fit = Callable[[Sequence[dict]], Callable[[dict], float]]  # records -> (record -> predicted ms)
 
 
+def record_family(record: dict) -> str:
+    """The family a record stands for; each calibration probe is a family of its own ("probe:NAME")."""
+    return f"probe:{record['probe']}" if record.get("family") == "probe" else record["family"]
+
+
 def p90(errors: Sequence[float]) -> float | None:
     """p90 of |errors| in percent (None for no errors)."""
     return None if len(errors) == 0 else round(float(np.percentile(np.abs(errors), HELDOUT_QUANTILE)), 2)
@@ -68,7 +73,7 @@ class Heldout:
 
     @classmethod
     def compute(cls, records: Sequence[dict], fit: Fit) -> Heldout:
-        families = tuple(r["family"] for r in records)
+        families = tuple(record_family(r) for r in records)
         y = [float(r["latency_ms"]["p50"]) for r in records]
         loo: list[float | None] = [None] * len(records)
         if len(records) >= 2:
@@ -79,12 +84,12 @@ class Heldout:
         groups = sorted({family_group(f) for f in families})
         if len(groups) >= 2:
             for g in groups:
-                rest = [r for r in records if family_group(r["family"]) != g]
+                rest = [r for r in records if family_group(record_family(r)) != g]
                 if len(rest) < max(2, len(records) - len(rest)):
                     continue  # see the module docstring: too little left to stand for a real prediction
                 model = fit(rest)
                 for i, rec in enumerate(records):
-                    if family_group(rec["family"]) == g:
+                    if family_group(record_family(rec)) == g:
                         lofo[i] = (model(rec) / y[i] - 1) * 100
         return cls(families, tuple(loo), tuple(lofo))
 

@@ -27,8 +27,14 @@ from scipy.optimize import nnls
 
 from pipeline.core.errors import DeployError, ProfileInvalid, ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling, Scale, family_for, preset
-from pipeline.cost.features import CHANNEL_BLOCKS, LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
-from pipeline.cost.ops import BYTES_PER_ELEMENT, Cost
+from pipeline.cost.features import (
+    CHANNEL_BLOCKS,
+    LATENCY_FEATURES,
+    MEMORY_FEATURES,
+    latency_features,
+    memory_features,
+)
+from pipeline.cost.ops import BYTES_PER_ELEMENT, Cost, Op, cost_from_ops
 from pipeline.cost.plan import scale_cost
 from pipeline.predict.heldout import HELDOUT_QUANTILE, ErrorEstimate, Heldout, p90
 from pipeline.predict.layerwise import Device, LayerwiseModel, fit_layerwise, hardware_figure
@@ -88,7 +94,17 @@ def _cached_cost(family: str, scale: Scale, num_classes: int) -> Cost:
     return scale_cost(family, scale, num_classes)
 
 
+_PROBE_COSTS: dict[tuple, Cost] = {}
+
+
 def record_cost(rec: dict) -> Cost:
+    """The static cost of what a record timed: a family's scale, or a probe's stored op list."""
+    if rec["family"] == "probe":
+        key = (rec["probe"], rec["resolution"], rec.get("macs"), len(rec["ops"]))
+        if key not in _PROBE_COSTS:
+            ops = [Op.from_record(row) for row in rec["ops"]]
+            _PROBE_COSTS[key] = cost_from_ops(ops, int(rec["resolution"]), int(rec.get("params") or 0))
+        return _PROBE_COSTS[key]
     return _cached_cost(rec["family"], record_scale(rec), int(rec.get("num_classes", 1000)))
 
 
@@ -231,7 +247,9 @@ class Predictor:
     def _fit_linear(cls, profile: Profile, records: list[dict]) -> Predictor:
         costs = [record_cost(r) for r in records]
         y = np.array([r["latency_ms"]["p50"] for r in records])
-        block = _best_channel_block(costs, y)
+        block = profile.device.get("nchwc_block") if profile.runtime.get("name") == "onnxruntime" else None
+        how = "the device's MLAS block" if block else "chosen on held-out error"
+        block = int(block or _best_channel_block(costs, y))
         fit = _linear_fit(block)
         heldout = Heldout.compute(records, _on_records(fit))
         memory, mem_heldout = None, None
@@ -241,7 +259,7 @@ class Predictor:
             my = np.array([m for _, m in mem])
             memory = _Linear(MEMORY_FEATURES, tuple(float(v) for v in _nnls_relative(mx, my)))
             mem_heldout = p90(_loo_errors(mx, my, _nnls_relative))
-        method = f"per-op-kind linear (NNLS, relative error; channels padded to blocks of {block})"
+        method = f"per-op-kind linear (NNLS, relative error; channels padded to blocks of {block}, {how})"
         return cls(profile, method, fit(records), memory, heldout, mem_heldout, _tail_ratios(records),
                    channel_block=block)
 

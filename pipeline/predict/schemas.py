@@ -191,7 +191,11 @@ class ModelRecord(_Record):
                                          "preset", "num_classes")
 
     kind: Literal["model"]
-    family: Literal[FAMILIES]  # type: ignore[valid-type]
+    family: Literal[(*FAMILIES, "probe")]  # type: ignore[valid-type]
+    probe: NonEmptyStr = Field(default=None, description="family 'probe': which calibration probe "
+                               "(pipeline.models.probes)")
+    ops: list[list[Any]] = Field(default=None, description="family 'probe': the probe's op list, as costed from "
+                                 "its ONNX export (pipeline.cost.ops.Op.to_record)")
     phi: FiniteNumber | None = None
     phi_depth: FiniteNumber | None = None
     phi_width: FiniteNumber | None = None
@@ -202,6 +206,10 @@ class ModelRecord(_Record):
 
     @model_validator(mode="after")
     def _says_which_model(self) -> "ModelRecord":
+        if self.family == "probe":
+            if self.probe is None or not self.ops:
+                raise rule_error("is 'probe', so 'probe' (its name) and 'ops' (its op list) are required", key="family")
+            return self
         per_dim = all(v is not None for v in (self.phi_depth, self.phi_width, self.phi_resolution))
         if self.preset is None and self.phi is None and not per_dim:
             raise rule_error("is null, and neither 'preset' nor all of phi_depth/phi_width/phi_resolution "

@@ -244,9 +244,25 @@ def _host_facts() -> tuple[str, int, str]:
 
 
 def host_machine() -> dict:
-    """What identifies this machine for its profiles: CPU model, logical cores, architecture."""
+    """What identifies this machine for its profiles: CPU model, logical cores, architecture, MLAS channel block."""
     cpu_model, cores, machine = _host_facts()
-    return {"cpu_model": cpu_model, "cores": cores, "machine": machine}
+    return {"cpu_model": cpu_model, "cores": cores, "machine": machine, "nchwc_block": nchwc_block(machine)}
+
+
+def nchwc_block(machine: str) -> int:
+    """The channel block ONNX Runtime's CPU convolutions use here (MLAS: 16 with AVX-512F, 8 with AVX; else none).
+
+    The blocked (NCHWc) layout exists only in MLAS's x86-64 kernels; 1 means ORT keeps every
+    convolution in the plain layout (pipeline.cost.features).
+    """
+    if machine.lower() not in ("x86_64", "amd64"):
+        return 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8  # any x86-64 ORT runs on has AVX; without /proc we cannot tell AVX-512
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return 16 if "avx512f" in flags else 8 if "avx" in flags else 1
 
 
 def host_machine_key() -> str:
