@@ -320,3 +320,29 @@ def test_the_same_model_is_exported_once(tmp_path):
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     assert not export_onnx(model, tmp_path / "c.onnx").cached
+
+
+class _Mode(torch.nn.Module):
+    """Same parameters, same repr; forward() branches on a plain attribute."""
+
+    resolution = 16
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode, self.conv = mode, torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return (y.transpose(2, 3) if self.mode == "t" else y).flatten(1)
+
+
+def test_a_module_flag_that_changes_forward_changes_the_cache_key(tmp_path):
+    """Two instances alike but for a plain attribute must not share an export (the second got the first's graph)."""
+    torch.manual_seed(0)
+    a = _Mode("plain").eval()
+    b = _Mode("t").eval()
+    b.load_state_dict(a.state_dict())
+    first, second = export_onnx(a, tmp_path / "a.onnx"), export_onnx(b, tmp_path / "b.onnx")
+    assert not second.cached and first.sha256 != second.sha256
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b.onnx")).graph.node}
+    assert "Transpose" in ops

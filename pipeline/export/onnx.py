@@ -257,7 +257,7 @@ def _root_cause(exc: BaseException) -> str:
 # 5-20 s per model on the 2-core dev VM (torch.export, decompositions, ONNX passes) and fit exports the same
 # deterministic candidates again whenever a budget is tried twice; the oldest files go beyond this size.
 EXPORT_CACHE_MB = 1024
-_EXPORT_CACHE_VERSION = 1  # bump when export_onnx's output changes for the same inputs
+_EXPORT_CACHE_VERSION = 2  # bump when export_onnx's output changes for the same inputs
 
 
 @functools.cache
@@ -281,12 +281,30 @@ def export_cache_key(model: torch.nn.Module, resolution: int, opset: int, export
     classes = sorted({type(m).__module__ for m in model.modules()} | {"pipeline.export.onnx"})
     h.update(repr((_EXPORT_CACHE_VERSION, torch.__version__, onnx.__version__, type(model).__qualname__, str(model),
                    resolution, opset, exporter, dynamic_batch, input_name, output_name,
-                   [(c, _source_digest(c)) for c in classes])).encode())
+                   [(c, _source_digest(c)) for c in classes], _module_attributes(model))).encode())
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:32]
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _module_attributes(model: torch.nn.Module) -> list:
+    """Every module's plain attributes (a stride, a flag, a mode string): forward() may branch on them.
+
+    ``str(model)`` shows only what a module's ``extra_repr`` chooses to, so two instances of one
+    class that differ in such a flag would otherwise share a key, and the second would get the
+    first one's graph.
+    """
+    out = []
+    for name, m in model.named_modules():
+        attrs = sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_")
+                       and (isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v))))
+        out.append((name, attrs))
+    return out
 
 
 def _cached_export(key: str) -> Path:
