@@ -152,3 +152,16 @@ def test_fit_report_says_first_when_the_error_is_unknown(tmp_path):
     head = (out / "report.md").read_text().splitlines()[:4]
     assert any("error of this prediction is unknown" in line and f"{UNKNOWN_ERROR_MARGIN_PCT:g}%" in line
                for line in head), head
+
+
+def test_probes_set_the_error_of_unknown_architectures_and_nothing_else():
+    """A probe is the only one of its kind: its held-out error speaks for an ONNX file of unknown family,
+    not for the families (whose headline and never-timed errors come from the families alone)."""
+    from pipeline.predict.heldout import Heldout
+
+    h = Heldout(families=("resnet18", "resnet18", "mobilenetv2", "mobilenetv2", "probe:kernel7", "probe:tokens"),
+                loo=(2.0, -3.0, 4.0, 1.0, 60.0, -80.0), lofo=(10.0, -12.0, 9.0, 11.0, 60.0, -80.0))
+    assert h.overall() < 5 and h.lofo_pct() < 13
+    unknown = h.for_family(None)
+    assert unknown.pct > 60 and "calibration probe" in unknown.detail
+    assert h.for_family("efficientnet").pct == h.lofo_pct()  # a known family never timed: families only

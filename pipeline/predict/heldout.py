@@ -45,6 +45,10 @@ def record_family(record: dict) -> str:
     return f"probe:{record['probe']}" if record.get("family") == "probe" else record["family"]
 
 
+def is_probe(family: str) -> bool:
+    return family.startswith("probe:")
+
+
 def p90(errors: Sequence[float]) -> float | None:
     """p90 of |errors| in percent (None for no errors)."""
     return None if len(errors) == 0 else round(float(np.percentile(np.abs(errors), HELDOUT_QUANTILE)), 2)
@@ -98,10 +102,20 @@ class Heldout:
         return tuple(sorted({family_group(f) for f in self.families}))
 
     def overall(self) -> float | None:
-        """p90 of every LOO error: the profile-wide figure ``deploy calibrate`` reports."""
-        return p90([e for e in self.loo if e is not None])
+        """p90 of the families' LOO errors: the profile-wide figure ``deploy calibrate`` reports.
+
+        Calibration probes are left out: each is the only one of its kind, so its LOO error says how
+        well an architecture nothing like it is predicted, which is :meth:`foreign_pct`'s question.
+        """
+        fam = [e for f, e in zip(self.families, self.loo) if e is not None and not is_probe(f)]
+        return p90(fam or [e for e in self.loo if e is not None])
 
     def lofo_pct(self) -> float | None:
+        """p90 of the LOFO errors of the families' groups: the error for a family this profile did not time."""
+        return p90([e for f, e in zip(self.families, self.lofo) if e is not None and not is_probe(f)])
+
+    def foreign_pct(self) -> float | None:
+        """p90 of every LOFO error, probes included: the error for an ONNX file of unknown architecture."""
         return p90([e for e in self.lofo if e is not None])
 
     def score(self) -> float | None:
@@ -124,6 +138,10 @@ class Heldout:
                 pct, detail = lofo, detail + f" (only {len(same)}: raised to the leave-one-family-out error)"
             return ErrorEstimate(_floored(pct, floor_pct), "same family", detail)
         what = family or "this model's family"
+        if family is None and self.foreign_pct() is not None and any(is_probe(f) for f in self.families):
+            return ErrorEstimate(_floored(self.foreign_pct(), floor_pct), "leave-one-family-out",
+                                 "an architecture of unknown family: error from predicting each family and each "
+                                 "calibration probe of this profile from all the others")
         if lofo is not None:
             return ErrorEstimate(_floored(lofo, floor_pct), "leave-one-family-out",
                                  f"{what} was never timed on this profile; error from predicting each of its "
