@@ -56,7 +56,9 @@ FULL_SUITE: tuple[SuiteEntry, ...] = (
 QUICK_SUITE: tuple[SuiteEntry, ...] = (
     *(SuiteEntry(f, p) for f in ("efficientnet", "mobilenetv2", "resnet18") for p in (-2, 0)),
     SuiteEntry("resnet50", -2),
-    SuiteEntry("efficientnet-lite", -1),
+    # three Lite sizes: with fewer than three records of a family, its stated error is raised to the profile's
+    # leave-one-family-out error, and at int8 that is large (families gain 1.1x to 3x from INT8 here)
+    *(SuiteEntry("efficientnet-lite", p) for p in (-2, -1, 0)),
     SuiteEntry("efficientnet", dims=(0, 0, 2)),
     SuiteEntry("efficientnet", dims=(0, 2, 0)),
     SuiteEntry("efficientnet", dims=(2, 0, 0)),
