@@ -4,14 +4,14 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.core.errors import ProfileMismatch, ProfileMissing
+from pipeline.core.errors import ProfileInvalid, ProfileMismatch, ProfileMissing
 from pipeline.core.scaling import CompoundScaling
 from pipeline.cost.features import LATENCY_FEATURES, MEMORY_FEATURES, latency_features, memory_features
 from pipeline.cost.plan import scale_cost
 from pipeline.fit.calibrate import FULL_SUITE, SuiteEntry, calibrate
 from pipeline.measure.settings import TimingSettings
 from pipeline.predict.predictor import Predictor, check_host_profile, load_predictor
-from pipeline.predict.profile import Profile, save_profile
+from pipeline.predict.profile import Profile, load_profile, save_profile
 from pipeline.predict.targets import host_machine, host_profile_path, load_target
 
 TRUE_LATENCY = {"conv_gmacs": 40.0, "pwconv_gmacs": 25.0, "dwconv_gmacs": 90.0, "eltwise_mb": 0.05, "ops": 0.01,
@@ -144,6 +144,26 @@ def test_quick_calibrate_on_a_tiny_suite(tmp_path):
     assert rec["latency_ms"]["p50"] > 0 and rec["peak_memory_mb"] > 0 and rec["repeats"] >= 5
     assert profile.device["threads"] == 1 and profile.device["cpu_model"] == host_machine()["cpu_model"]
     assert profile.runtime["name"] == "onnxruntime" and profile.method["statistic"]
+
+
+def test_a_probe_record_carries_its_op_list_and_refits_from_the_profile_alone(tmp_path):
+    """A probe is costed from its ONNX export once; the profile file is enough to cost it again."""
+    from pipeline.cost.onnx import onnx_cost
+    from pipeline.export.onnx import export_onnx
+    from pipeline.models.probes import build_probe
+    from pipeline.predict.predictor import record_cost
+
+    suite = (*(SuiteEntry("resnet18", p) for p in (-4.0, -3.5)), SuiteEntry("probe", probe="odd-channels"))
+    out = tmp_path / "p.json"
+    calibrate(load_target("host"), "fp32", threads=1, out=out, suite=suite,
+              settings=TimingSettings(warmup=1, min_repeats=5, min_time_s=0.05))
+    probe = load_profile(out).records[-1]  # read back: validated by the profile schema
+    assert probe["family"] == "probe" and probe["probe"] == "odd-channels" and probe["latency_ms"]["p50"] > 0
+    export_onnx(build_probe("odd-channels"), tmp_path / "probe.onnx")
+    assert record_cost(probe).ops == onnx_cost(tmp_path / "probe.onnx").ops
+    bad = {**json.loads(out.read_text()), "records": [{k: v for k, v in probe.items() if k != "ops"}]}
+    with pytest.raises(ProfileInvalid, match="'probe'"):
+        Profile.from_dict(bad)
 
 
 def test_a_tail_budget_on_a_median_only_profile_is_refused():
