@@ -165,6 +165,7 @@ def test_fit_trains_and_verifies_accuracy(host_profile, tmp_path):
     assert d["accuracy"]["dataset"] == "builtin:digits" and d["verified"]["accuracy"] is True
     assert abs(d["accuracy"]["torch"] - d["accuracy"]["onnx"]) <= 0.001
     assert d["num_classes"] == 10 and (out / "checkpoint.pt").is_file()
+    assert "train:" in r.stderr and "step" in r.stderr  # the training shows its progress, not minutes of silence
     # an unreachable accuracy bar fails with exit 4 and says what was reached
     r = run("fit", "--target", "host", "--latency", "1000ms", "--threads", "1", "--out", str(tmp_path / "acc2"),
             *TRAINABLE, "--train-epochs", "1", "--min-accuracy", "1.0")

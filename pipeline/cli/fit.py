@@ -133,5 +133,6 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
                                   int8_max_drop_pp),
                  run=RunOptions(out, force, weights, dynamic_batch),
                  device=DeviceOptions(threads, agent, targets_dir, agent_token_file, accept_device),
-                 log=log, progress=progress_bar("calibrate"))
+                 log=log, progress=progress_bar("calibrate"),
+                 train_progress=progress_bar("train", unit="step", leave=False))
     emit(result, as_json, fit_text)

@@ -88,6 +88,7 @@ class FitContext:
     search_seconds: float | None = None  # the whole search step: predictor, enumeration, search
     family_choice: dict | None = None  # --family auto: every family's pick and the rule (pipeline.fit.auto)
     loop_notes: list[str] = field(default_factory=list)  # why the closed loop stopped short of a measured bracket
+    train_progress: Callable | None = None  # (step, total, text) while training the chosen architecture
 
     @property
     def family(self) -> str:
@@ -156,10 +157,11 @@ def _device(target, threads: int, options: DeviceOptions, log: Callable[[str], N
 def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = None, precision: str | None = None,
         data: DataOptions | None = None, int8: Int8Options | None = None, run: RunOptions | None = None,
         device: DeviceOptions | None = None, log: Callable[[str], None] = lambda _: None, progress=None,
-        family_choice: dict | None = None) -> dict:
+        family_choice: dict | None = None, train_progress=None) -> dict:
     """Search, export, measure (when the target is measurable) and report. Returns fit.json's object.
 
-    ``family_choice`` (from :func:`pipeline.fit.auto.choose_family`) is recorded as is.
+    ``family_choice`` (from :func:`pipeline.fit.auto.choose_family`) is recorded as is; ``progress``
+    reports a calibration, ``train_progress`` the training steps (``--train-epochs``).
     """
     from pipeline.models import check_family
     from pipeline.predict.targets import load_target
@@ -174,7 +176,7 @@ def fit(target: str, budget: Budget, *, search_options: SearchOptions | None = N
     ctx = FitContext(tgt, tgt.check_precision(precision), budget, search_options, data, int8, run, threads,
                      run.num_classes or num_classes_of(data.data), log=log)
     ctx.device = _device(tgt, threads, device, log)
-    ctx.family_choice = family_choice
+    ctx.family_choice, ctx.train_progress = family_choice, train_progress
     run_dir = _run_dir(run.out, tgt.name, run.force)
     _search(ctx, progress)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.tmp-", dir=run_dir.parent if run_dir.parent.exists()
@@ -280,7 +282,7 @@ def _finish(ctx: FitContext, run: Path) -> dict:
     if ctx.device is not None:
         remove_unchosen(measurements, chosen)
     model, preprocess, training = weights_for(run, ctx.family, ctx.archs[chosen].scale, ctx.num_classes,
-                                              ctx.run.weights, ctx.data, ctx.log)
+                                              ctx.run.weights, ctx.data, ctx.log, ctx.train_progress)
     fp32 = run / ("model.fp32.onnx" if ctx.precision == "int8" else "model.onnx")
     final = next((m for m in measurements if m.index == chosen), None)
     # the measured candidate has the weights that ship unless training gave new ones: its export is the one to ship

@@ -48,7 +48,7 @@ def _input_shape(path: Path, n: int) -> tuple[int, ...]:
 
 
 def weights_for(run: Path, family: str, scale, num_classes: int, weights, opts: DataOptions,
-                log: Callable[[str], None]):
+                log: Callable[[str], None], progress: Callable | None = None):
     """(model, preprocess or None, training record or None) for the chosen architecture."""
     from pipeline.models import build, initialize
 
@@ -65,7 +65,7 @@ def weights_for(run: Path, family: str, scale, num_classes: int, weights, opts: 
 
             done = launch(family, scale, opts.data, out_dir=run, options=options, nproc=opts.nproc, log=log)
         else:
-            done = train(family, scale, opts.data, out_dir=run, log=log, options=options).to_dict()
+            done = train(family, scale, opts.data, out_dir=run, log=log, options=options, progress=progress).to_dict()
         ckpt = load_checkpoint(done["checkpoint"])
         record = done | {"checkpoint": Path(done["checkpoint"]).name}
         # the run is built in a temporary folder that is renamed into place: keep train.json's path run-relative
