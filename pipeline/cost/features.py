@@ -26,7 +26,7 @@ what a GPU or an unknown runtime gets.
 
 from __future__ import annotations
 
-from pipeline.cost.ops import CONV_KINDS, Cost, Op
+from pipeline.cost.ops import ACT_BYTES, CONV_KINDS, Cost, Op, numel
 
 LATENCY_FEATURES = (
     "conv_gmacs", "conv_edge_gmacs", "pwconv_gmacs", "dwconv_gmacs", "plain_conv_gmacs", "linear_gmacs", "gemm_gmacs",
@@ -124,10 +124,7 @@ def _reorder_mb(ops: tuple[Op, ...], layout: list[bool], block: int) -> float:
     """MB copied between layouts: each buffer crossing from blocked to plain (or back) once per direction."""
     if block <= 1:
         return 0.0
-    producer_blocked: dict[int, bool] = {0: False}
-    size: dict[int, int] = {0: 0}
-    for op, flag in zip(ops, layout):
-        producer_blocked[op.output], size[op.output] = flag, op.out_bytes
+    producer_blocked = {0: False, **{op.output: flag for op, flag in zip(ops, layout)}}
     moved: set[tuple[int, bool]] = set()
     total = 0
     for op, flag in zip(ops, layout):
@@ -135,23 +132,16 @@ def _reorder_mb(ops: tuple[Op, ...], layout: list[bool], block: int) -> float:
             src = producer_blocked.get(b, False)
             if src == flag or (flag and op.kind in CONV_KINDS and _channels(op) < block):
                 continue  # same layout, or a stem conv reading the plain input directly
-            key = (b, flag)
-            if key not in moved:
-                moved.add(key)
-                n = 1
-                for d in shape:
-                    n *= d
-                total += n * 4
+            if (b, flag) not in moved:
+                moved.add((b, flag))
+                total += numel(shape) * ACT_BYTES
     return total / 2**20
 
 
 def _gemm_rows(op: Op) -> int:
     """Rows of a linear layer's GEMM: 1 for a classifier on a pooled vector, H·W for a per-pixel MLP."""
     width = op.out_shape[-1] if op.out_shape else 1
-    n = 1
-    for d in op.out_shape:
-        n *= d
-    return n // max(width, 1)
+    return numel(op.out_shape) // max(width, 1)
 
 
 def latency_features(cost: Cost, channel_block: int = 1) -> dict[str, float]:
