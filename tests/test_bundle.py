@@ -77,6 +77,7 @@ def test_import_writes_a_measured_profile_and_warns(bundle):
     summary = json.loads(result.stdout)
     path = device_profile_path("raspberry-pi-4", "onnxruntime", "fp32")
     assert summary["profile"] == str(path) and summary["records"] == len(SUITE) - 1
+    assert "unknown_architecture_error_pct" in summary  # what predict --onnx states for a foreign model
     profile = json.loads(path.read_text())
     assert profile["provenance"] == "measured" and profile["device"]["model"] == "Fake Xeon"
     assert profile["records"][0]["latency_ms"]["p50"] == 2.0 and profile["records"][0]["peak_memory_mb"] == 20.0

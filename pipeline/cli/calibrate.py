@@ -18,6 +18,8 @@ def _summary(profile) -> dict:
             "device": profile.device.get("model") or profile.device.get("cpu_model"),
             "threads": profile.device.get("threads"), "seconds": profile.method.get("seconds"),
             "heldout_error_pct": fitted.heldout_error_pct,
+            # what `deploy predict --onnx` states for a model of unknown architecture (probes held out too)
+            "unknown_architecture_error_pct": fitted.error_for(None).pct,
             "memory_heldout_error_pct": fitted.memory_heldout_error_pct, "method": fitted.method}
 
 
