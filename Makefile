@@ -18,7 +18,7 @@ install:
 
 # ruff first: a lint failure stops `make test` before the (long) suite runs.
 test: lint
-	$(BIN)/python -m pytest -m "not gpu and not slow" --agent-local -q
+	$(BIN)/python -m pytest -m "not gpu and not slow" --agent-local -q --durations=15
 
 # everything that runs without a GPU, the tests marked `slow` included (about 3 minutes more)
 test-all: lint
