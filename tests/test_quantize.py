@@ -173,3 +173,17 @@ def test_tensorrt_rtx_builds_the_explicit_int8_model_and_rejects_the_cpu_one(res
     cpu = quantize_onnx(resnet, tmp_path / "cpu.onnx", _x(8))  # u8 activations with zero points: not for TensorRT
     with pytest.raises(EngineBuildFailed, match=r"\(QuantizeLinear\).*zero point"):
         rt.build(cpu.path, tmp_path / "cpu", "int8")
+
+
+def test_calibration_reads_in_chunks_that_divide_the_data():
+    """ORT holds every intermediate tensor of what it is given at once (256 images of a 264 px Lite: ~36 GB);
+    it is given chunks of at most CALIBRATION_CHUNK batches, and the reader serves exactly each range."""
+    from pipeline.export.quantize import CALIBRATION_CHUNK, ArrayCalibrationReader, calibration_chunk
+
+    assert calibration_chunk(256) == CALIBRATION_CHUNK == 8 and calibration_chunk(12) == 6
+    assert calibration_chunk(257) == 1
+    reader = ArrayCalibrationReader("x", np.arange(10, dtype=np.float32).reshape(10, 1), batch_size=1)
+    reader.set_range(4, 6)
+    assert [float(b["x"][0, 0]) for b in reader] == [4.0, 5.0]
+    reader.rewind()
+    assert len(list(reader)) == 10

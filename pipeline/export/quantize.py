@@ -150,21 +150,21 @@ class ArrayCalibrationReader:
         if n < 1:
             raise DataInvalid(f"{len(inputs)} calibration images make no batch of {self.batch_size}.")
         self.inputs = inputs[: n * self.batch_size]
-        self.batches, self._i = n, 0
+        self.batches, self._i, self._end = n, 0, n
 
     @property
     def samples(self) -> int:
         return len(self.inputs)
 
     def get_next(self) -> dict | None:
-        if self._i >= self.batches:
+        if self._i >= self._end:
             return None
         lo = self._i * self.batch_size
         self._i += 1
         return {self.input_name: self.inputs[lo: lo + self.batch_size]}
 
     def rewind(self) -> None:
-        self._i = 0
+        self._i, self._end = 0, self.batches
 
     def __len__(self) -> int:
         return self.batches
@@ -178,8 +178,22 @@ class ArrayCalibrationReader:
             raise StopIteration
         return item
 
-    def set_range(self, start_index: int, end_index: int) -> None:  # used by ORT's strided MinMax
-        self._i = start_index
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Read batches [start, end) only: ORT's strided calibration (``CalibStridedMinMax``) calls it per chunk."""
+        self._i, self._end = start_index, min(end_index, self.batches)
+
+
+CALIBRATION_CHUNK = 8  # batches whose every intermediate tensor is held at once while calibrating
+
+
+def calibration_chunk(batches: int) -> int:
+    """The largest divisor of ``batches`` up to :data:`CALIBRATION_CHUNK` (ORT needs chunks that divide the data).
+
+    ORT's calibrators keep every intermediate tensor of every batch they are given until they
+    reduce them; at 264 px an EfficientNet-Lite holds ~80 MB per image, so 256 images at once
+    took 22 GB and the fit was killed. In chunks the histograms are merged as they go.
+    """
+    return max(d for d in range(1, CALIBRATION_CHUNK + 1) if batches % d == 0)
 
 
 def calibration_batches(dataset_spec: str | Path, preprocess: Any, n: int = 256, *, seed: int = 0,
@@ -422,6 +436,8 @@ def _quantize(pre: Path, out: Path, reader, q: QuantizeSettings, *, exclude: Seq
     kwargs = {}
     if cache is not None:
         kwargs["calibration_cache_path"] = str(cache)
+    if reader is not None:
+        extra["CalibStridedMinMax"] = calibration_chunk(len(reader))  # bounded memory (any method, despite the name)
     try:
         with _quiet():
             quantize_static(str(pre), str(out), reader, per_channel=per_channel,
