@@ -50,3 +50,14 @@ def host_profile(tiny_profile):
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(tiny_profile, dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine thrashes with more."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,14 +17,7 @@ from pipeline.data.datasets import load_dataset
 from pipeline.models import build
 from pipeline.train.trainer import save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread, and a shared 2-core machine thrashes with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lenet_state(seed: int = 0) -> dict[str, np.ndarray]:
