@@ -25,6 +25,7 @@ from pipeline.export.onnx import (
     ExportResult,
     choose_exporter,
     export_onnx,
+    fast_exporter,
     load_onnx_checked,
     onnx_io,
     parity,
@@ -120,6 +121,39 @@ def test_opset_13_uses_the_torchscript_exporter(exported_13):
     onnx.shape_inference.infer_shapes(proto, strict_mode=True, check_type=True)
     report = parity(model, result.path, n=4)
     assert report and report.max_abs_err <= 1e-4
+
+
+def _optimized_ops(path: Path, tmp: Path) -> list[tuple[tuple[str, str], int]]:
+    """ONNX Runtime's own optimized graph (1 thread, all optimizations) as a multiset of (op type, domain): node
+    and tensor names differ between exporters, the kernels ORT runs must not."""
+    import collections
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(opts.optimized_model_filepath).graph
+    return sorted(collections.Counter((n.op_type, n.domain) for n in graph.node).items())
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fits_fast_exporter_gives_the_graph_onnx_runtime_runs_from_the_default_one(exported, family, tmp_path):
+    """deploy fit times candidates exported with fast_exporter and ships that export: it must be the model, and the
+    graph, that the default exporter would have given, once ONNX Runtime has optimized it."""
+    exporter = fast_exporter(DEFAULT_OPSET)
+    assert exporter == "torchscript"  # torch 2.13 ships it; fit falls back to the default once it does not
+    model, default = exported(family)
+    fast = export_onnx(model, tmp_path / "fast.onnx", exporter=exporter, opset=DEFAULT_OPSET)
+    assert fast.exporter == "torchscript" and default.exporter == "dynamo"
+    assert _optimized_ops(fast.path, tmp_path) == _optimized_ops(default.path, tmp_path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 128, 128)).astype(np.float32)
+    a = ort_logits(fast.path, x[:1], x[1:])
+    b = ort_logits(default.path, x[:1], x[1:])
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4)
+    assert fast_exporter(21) is None  # beyond the TorchScript exporter's last opset: the default exporter
 
 
 def test_exporter_choice_and_impossible_requests():

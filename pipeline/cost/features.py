@@ -26,6 +26,8 @@ what a GPU or an unknown runtime gets.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from pipeline.cost.ops import ACT_BYTES, CONV_KINDS, Cost, Op, numel
 
 LATENCY_FEATURES = (
@@ -144,7 +146,26 @@ def _gemm_rows(op: Op) -> int:
     return numel(op.out_shape) // max(width, 1)
 
 
+_FEATURE_MEMO: OrderedDict[tuple[int, int], tuple[Cost, dict[str, float]]] = OrderedDict()
+_FEATURE_MEMO_SIZE = 4096
+
+
 def latency_features(cost: Cost, channel_block: int = 1) -> dict[str, float]:
+    """:func:`_latency_features`, remembered per cost object: a predictor's held-out check refits it once per
+    record, and the search asks for every architecture, all on the same (cached) costs."""
+    key = (id(cost), channel_block)
+    hit = _FEATURE_MEMO.get(key)
+    if hit is not None and hit[0] is cost:  # the cost is kept alive in the memo, so its id is not reused
+        _FEATURE_MEMO.move_to_end(key)
+        return dict(hit[1])
+    f = _latency_features(cost, channel_block)
+    _FEATURE_MEMO[key] = (cost, f)
+    if len(_FEATURE_MEMO) > _FEATURE_MEMO_SIZE:
+        _FEATURE_MEMO.popitem(last=False)
+    return dict(f)
+
+
+def _latency_features(cost: Cost, channel_block: int = 1) -> dict[str, float]:
     """Per-kind GMACs, MB moved, layout copies and op count: what the predictor's linear model weighs.
 
     Blocked convolutions count their MACs padded to ``channel_block``, split into interior and

@@ -241,18 +241,20 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _candidate(ctx: FitContext, run: Path, i: int, opset: int) -> Path:
     """The file that would ship for architecture i with deterministic weights (int8: quantized)."""
-    from pipeline.export.onnx import export_onnx
+    from pipeline.export.onnx import export_onnx, fast_exporter
     from pipeline.models import build, initialize
 
+    exporter = fast_exporter(opset)  # candidates are many; the one measured is the one that ships
     model = initialize(build(ctx.family, ctx.archs[i].scale, ctx.num_classes), seed=0)
     if ctx.run.weights is not None:
         load_weights(model, ctx.run.weights, hint=WEIGHTS_HINT)
     path = run / f"candidate-{i}.onnx"
     if ctx.precision == "int8":  # the fp32 export is kept: shipped untrained, it becomes model.fp32.onnx as is
-        fp32 = export_onnx(model, candidate_fp32(path), dynamic_batch=ctx.run.dynamic_batch, opset=opset).path
+        fp32 = export_onnx(model, candidate_fp32(path), dynamic_batch=ctx.run.dynamic_batch, opset=opset,
+                           exporter=exporter).path
         quantize_candidate(Path(fp32), path, ctx.int8.calibration_method, ctx.family)
     else:
-        export_onnx(model, path, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
+        export_onnx(model, path, dynamic_batch=ctx.run.dynamic_batch, opset=opset, exporter=exporter)
     return path
 
 
@@ -262,7 +264,7 @@ def candidate_fp32(path: Path) -> Path:
 
 
 def _finish(ctx: FitContext, run: Path) -> dict:
-    from pipeline.export.onnx import DEFAULT_OPSET, export_onnx, parity
+    from pipeline.export.onnx import DEFAULT_OPSET, export_onnx, fast_exporter, parity
 
     opset = min(DEFAULT_OPSET, ctx.target.max_onnx_opset)  # what the target's runtime can parse
 
@@ -291,7 +293,7 @@ def _finish(ctx: FitContext, run: Path) -> dict:
     if timed_fp32 is not None and timed_fp32.is_file():
         shutil.copyfile(timed_fp32, fp32)
     else:
-        export_onnx(model, fp32, dynamic_batch=ctx.run.dynamic_batch, opset=opset)
+        export_onnx(model, fp32, dynamic_batch=ctx.run.dynamic_batch, opset=opset, exporter=fast_exporter(opset))
     par = parity(model, fp32, n=8, precision="fp32")
     if not par:
         raise VerificationFailed(f"exported ONNX differs from PyTorch: {', '.join(par.failures)}.")

@@ -100,15 +100,21 @@ class Timing:
 
 
 class _GcPaused:
-    """Collect garbage, then keep the cyclic GC off while timing (as ``timeit`` does).
+    """Keep the cyclic GC off while timing (as ``timeit`` does); ``collect`` first where asked.
 
     A collection pause lands on whichever call happens to trigger it and would show up
-    as a latency outlier that has nothing to do with the model.
+    as a latency outlier that has nothing to do with the model. A full collection costs
+    0.1 s in a process holding torch, so a measurement of several rounds collects once,
+    before its first round, not before each.
     """
+
+    def __init__(self, collect: bool = True):
+        self.collect = collect
 
     def __enter__(self) -> None:
         self.was_enabled = gc.isenabled()
-        gc.collect()
+        if self.collect:
+            gc.collect()
         gc.disable()
 
     def __exit__(self, *exc) -> None:
@@ -144,8 +150,8 @@ def time_callable(
 
 
 def _timed_calls(fn: Callable[[], Any], *, warmup: int, min_repeats: int, min_time_s: float, max_repeats: int,
-                 max_time_s: float | None) -> list[int]:
-    """The loop behind :func:`time_callable`: per-call durations in nanoseconds."""
+                 max_time_s: float | None, collect: bool = True) -> list[int]:
+    """The loop behind :func:`time_callable`: per-call durations in nanoseconds (``collect``: a full GC first)."""
     if warmup < 0 or min_repeats < 1:
         raise ValueError("warmup must be >= 0 and min_repeats >= 1")
     if max_repeats < min_repeats:
@@ -156,7 +162,7 @@ def _timed_calls(fn: Callable[[], Any], *, warmup: int, min_repeats: int, min_ti
     for _ in range(warmup):
         fn()
     samples: list[int] = []
-    with _GcPaused():
+    with _GcPaused(collect):
         start = clock()
         while True:
             t0 = clock()
@@ -241,7 +247,7 @@ def time_session(session, settings=None, *, inputs: np.ndarray | None = None, se
     medians = []
     for r in range(rounds):
         chunk = _timed_calls(call, warmup=warmup if r == 0 else 0, min_repeats=min_repeats, min_time_s=min_time_s,
-                             max_repeats=10_000, max_time_s=max_time_s)
+                             max_repeats=10_000, max_time_s=max_time_s, collect=r == 0)
         samples += chunk
         medians.append(float(np.median(chunk)) / 1e6)
     return Timing.from_samples(samples, warmup=warmup, threads=session.threads,
@@ -271,10 +277,10 @@ def time_session_with_reference(session, reference, settings=None, *, seed: int 
     medians, ref_medians, ref_means = [], [], []
     for r in range(s.rounds):
         chunk = _timed_calls(call, warmup=s.warmup if r == 0 else 0, min_repeats=s.min_repeats,
-                             min_time_s=s.min_time_s, max_repeats=10_000, max_time_s=max_time_s)
+                             min_time_s=s.min_time_s, max_repeats=10_000, max_time_s=max_time_s, collect=r == 0)
         ref_chunk = _timed_calls(ref, warmup=REFERENCE_ROUND["warmup"] if r == 0 else 0,
                                  min_repeats=REFERENCE_ROUND["min_repeats"], min_time_s=REFERENCE_ROUND["min_time_s"],
-                                 max_repeats=10_000, max_time_s=None)
+                                 max_repeats=10_000, max_time_s=None, collect=False)
         samples += chunk
         ref_samples += ref_chunk
         medians.append(float(np.median(chunk)) / 1e6)
