@@ -51,12 +51,20 @@ def main() -> int:
     ap.add_argument("--budgets", default="5,8,10,15,20,30,45,60")
     ap.add_argument("--family", default="efficientnet")
     ap.add_argument("--no-exhaustive", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the report (md, png) from bench/results/fit_quality.json; measure nothing")
     ap.add_argument("--warm-cache", action="store_true",
                     help="keep the export cache between fits (default: emptied before each fit, so every wall time "
                          "is a first fit's)")
     args = ap.parse_args()
-    budgets = [float(b) for b in args.budgets.split(",")]
     threads = load_target("host").threads
+    if args.render:
+        import json
+
+        saved = json.loads((RESULTS / "fit_quality.json").read_text())
+        return _report(saved["rows"], saved["exhaustive"], saved["summary"]["family"], threads,
+                       saved["summary"]["export_cache"] == "warm")
+    budgets = [float(b) for b in args.budgets.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for b in budgets:
@@ -96,21 +104,32 @@ def main() -> int:
                 nxt = mine and next((e for e in ex if e["index"] == mine["index"] + 1), None)
                 r["next_larger_ms"] = nxt and nxt["p50_ms"]
                 r["next_larger_fits"] = None if not nxt else nxt["p50_ms"] <= r["budget_ms"]
+    return _report(rows, ex, args.family, threads, args.warm_cache)
+
+
+def _report(rows: list[dict], ex: list[dict] | None, family: str, threads: int, warm_cache: bool) -> int:
+    """The summary, the Markdown table and the plot, from the rows (fresh or re-read with --render)."""
     ok = [r for r in rows if "phi" in r]
     summary = {
-        "threads": threads, "family": args.family, "fits": len(ok), "errors": len(rows) - len(ok),
+        "threads": threads, "family": family, "fits": len(ok), "errors": len(rows) - len(ok),
         "violations": sum(r["violation"] for r in ok),
         "median_utilisation": sorted(r["utilisation"] for r in ok)[len(ok) // 2] if ok else None,
         "mean_measurements": round(sum(r["measurements"] for r in ok) / max(1, len(ok)), 2),
         "mean_wall_s": round(sum(r["wall_s"] for r in ok) / max(1, len(ok)), 1),
         "median_wall_s": _median([r["wall_s"] for r in ok]),
         "median_wall_s_budgets_le_30ms": _median([r["wall_s"] for r in ok if r["budget_ms"] <= 30]),
-        "median_search_s": _median([r["search_s"] for r in ok if r.get("search_s") is not None]),
+        "median_search_s": _median([r["search_s"] for r in ok if r.get("search_s") is not None], digits=3),
         "same_as_exhaustive": None if not ex else f"{sum(r.get('same_as_exhaustive', False) for r in ok)}/{len(ok)}",
     }
-    summary["export_cache"] = "warm" if args.warm_cache else "emptied before each fit"
-    md = ["# fit quality on host", "", f"family {args.family}, {threads} threads. " + ", ".join(
+    summary["export_cache"] = "warm" if warm_cache else "emptied before each fit"
+    md = ["# fit quality on host", "", f"family {family}, {threads} threads. " + ", ".join(
         f"{k}: {v}" for k, v in summary.items()), "",
+        "*wall s* is the whole `fit` call in one process: predictor, search, exporting and timing candidates, "
+        "parity, memory, report. Each fit starts with an empty export cache, so it is a first fit's time. "
+        "*re-timed ms* is the shipped `model.onnx` timed again in a fresh session with the harness defaults. "
+        "*exhaustive φ* is the largest architecture whose own measurement fits the budget, from timing every "
+        "architecture on the frontier with fit's settings (the plot); within one architecture of it, a pick is "
+        "inside this machine's run-to-run noise.", "",
         "| budget ms | φ | re-timed ms | utilisation | violation | measurements | wall s | exhaustive φ | same | "
         "next larger ms | next fits |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['budget_ms']:g} | {r.get('phi')} | {r.get('retimed_ms')} | {r.get('utilisation')} | "
@@ -125,10 +144,10 @@ def main() -> int:
     return 0
 
 
-def _median(values: list[float]) -> float | None:
+def _median(values: list[float], digits: int = 1) -> float | None:
     import statistics
 
-    return round(statistics.median(values), 1) if values else None
+    return round(statistics.median(values), digits) if values else None
 
 
 def _plot(ex: list[dict], ok: list[dict], path: Path) -> None:
