@@ -12,16 +12,17 @@ convolutions into a channel-blocked layout (NCHWc: 16 channels with AVX-512, 8 w
 channels rounded up to the block cost, and it is fast. A convolution the rewrite cannot take
 runs im2col + GEMM in the plain layout, several times slower per MAC, and the layout changes
 around it cost a copy each (``ReorderInput``/``ReorderOutput``). Which one a layer gets follows
-from its shape and its neighbours (:func:`blocked_layout`): grouped convolutions that are not
-depthwise never get it; a dense or depthwise one gets it when its input channels are a multiple
-of the block, or fewer than the block (the stem), or arrive in the blocked layout already.
-Our own families are almost all blocked; models users bring (ShuffleNet's 58-channel
-branches, ResNeXt's groups) often are not, which is why a predictor fitted without this
-split missed them by 30-60%.
+from its shape and its neighbours (:func:`blocked_layout`): a grouped convolution that is not
+depthwise gets it only when its channels per group, in and out, are multiples of the block; a
+dense or depthwise one when its input channels are a multiple of 4, or (dense) fewer than the
+block, as a stem's are. Our own families are almost all blocked; models users bring (ShuffleNet's
+58-channel branches, ResNeXt's groups) often are not, which is why a predictor fitted without
+this split missed them by 30-60%.
 
-Which block a device uses is not guessed: the predictor picks it by held-out error on the
-measured profile (:data:`CHANNEL_BLOCKS`); block 1 means no padding and no layout split,
-what a GPU or an unknown runtime gets.
+Which block a device uses is not guessed where it can be read: for an ONNX Runtime profile it is
+the CPU's MLAS block (``nchwc_block`` in the profile's device facts: 16 with AVX-512F, 8 with
+AVX). A profile without it (an agent's device) picks one of :data:`CHANNEL_BLOCKS` by held-out
+error; block 1 means no padding and no layout split, what a GPU or an unknown runtime gets.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
         return _export_probe(entry.probe, path, precision, opset)
     scale = entry.scale()
     model = initialize(build(entry.family, scale, num_classes), seed=0)
-    export_onnx(model, path, opset=opset)
+    export_onnx(model, path, opset=opset, exporter=_exporter(opset))
     if precision == "int8":
         from pipeline.fit.steps import quantize_candidate
 
@@ -92,13 +92,20 @@ def export_entry(entry: SuiteEntry, path: Path, num_classes: int = 1000, precisi
             "resolution": scale.resolution, "num_classes": num_classes, "params": cost.params, "macs": cost.macs}
 
 
+def _exporter(opset: int | None) -> str | None:
+    """The suite's exporter: the fast one fit uses for its candidates (the same graph once ORT optimizes it)."""
+    from pipeline.export.onnx import DEFAULT_OPSET, fast_exporter
+
+    return fast_exporter(opset or DEFAULT_OPSET)
+
+
 def _export_probe(name: str, path: Path, precision: str, opset: int | None) -> dict:
     """Export a calibration probe; its record carries the op list costed from the fp32 export."""
     from pipeline.cost.onnx import onnx_cost
     from pipeline.export.onnx import export_onnx
     from pipeline.models.probes import PROBE_CLASSES, build_probe
 
-    export_onnx(build_probe(name), path, opset=opset)
+    export_onnx(build_probe(name), path, opset=opset, exporter=_exporter(opset))
     cost = onnx_cost(path)
     if precision == "int8":
         from pipeline.fit.steps import quantize_candidate
