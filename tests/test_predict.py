@@ -150,7 +150,7 @@ def test_quick_calibrate_on_a_tiny_suite(tmp_path):
 def test_a_probe_record_carries_its_op_list_and_refits_from_the_profile_alone(tmp_path):
     """A probe is costed from its ONNX export once; the profile file is enough to cost it again."""
     from pipeline.cost.onnx import onnx_cost
-    from pipeline.export.onnx import export_onnx
+    from pipeline.export.onnx import DEFAULT_OPSET, export_onnx, fast_exporter
     from pipeline.models.probes import build_probe
     from pipeline.predict.predictor import record_cost
 
@@ -160,7 +160,8 @@ def test_a_probe_record_carries_its_op_list_and_refits_from_the_profile_alone(tm
               settings=TimingSettings(warmup=1, min_repeats=5, min_time_s=0.05))
     probe = load_profile(out).records[-1]  # read back: validated by the profile schema
     assert probe["family"] == "probe" and probe["probe"] == "odd-channels" and probe["latency_ms"]["p50"] > 0
-    export_onnx(build_probe("odd-channels"), tmp_path / "probe.onnx")
+    # the suite exports with fit's fast exporter; the record describes the very file that was timed
+    export_onnx(build_probe("odd-channels"), tmp_path / "probe.onnx", exporter=fast_exporter(DEFAULT_OPSET))
     assert record_cost(probe).ops == onnx_cost(tmp_path / "probe.onnx").ops
     bad = {**json.loads(out.read_text()), "records": [{k: v for k, v in probe.items() if k != "ops"}]}
     with pytest.raises(ProfileInvalid, match="'probe'"):

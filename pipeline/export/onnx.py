@@ -139,10 +139,11 @@ def fast_exporter(opset: int) -> str | None:
 
     The TorchScript exporter where it can write ``opset`` (it stops at 20, and a later torch may drop it),
     else ``None`` (the default exporter). It takes 0.5-1 s per EfficientNet-B0-sized model on the dev VM
-    where the dynamo exporter takes 3-6 s, and fit exports up to five candidates. ONNX Runtime optimizes both
-    exports of a model to the same graph, which runs equally fast (tests/test_export.py checks the graphs;
-    interleaved timing here: within 2 % for all five families), so a candidate timed from one export stands for
-    the file that ships, which is that very export.
+    where the dynamo exporter takes 3-6 s, and fit exports up to five candidates. For every family, ONNX Runtime
+    optimizes both exports to the same kernels, which run equally fast (tests/test_export.py checks the graphs;
+    interleaved timing here: within 2 % for all five families). The file fit measures is the file it ships.
+    The two exporters do not always write the same ops (``AdaptiveAvgPool2d(1)`` is GlobalAveragePool from
+    one, ReduceMean from the other), so whatever is costed from a file is costed from the file that was timed.
     """
     if opset <= TORCHSCRIPT_MAX_OPSET and _has_torchscript_exporter():
         return "torchscript"
