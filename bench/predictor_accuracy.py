@@ -115,6 +115,15 @@ def _table(rows: list[dict]) -> list[str]:
     return md
 
 
+def _describe_profile(profile, given: Path | None) -> str:
+    """The profile in words, without this machine's home directory (the results are committed)."""
+    records = list(profile.model_records)
+    probes = sum(r.get("family") == "probe" for r in records)
+    where = f"`{given.name}`" if given else "this machine's"
+    return (f"{where} {profile.method.get('suite')}-suite {profile.precision} profile of {profile.created} "
+            f"({len(records)} records: {len(records) - probes} family models, {probes} probes)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None)
@@ -135,11 +144,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         fam = [] if args.only == "foreign" else family_rows(predictor, device, Path(tmp))
         foreign = [] if args.only == "families" else foreign_rows(predictor, device, Path(tmp), args.foreign_dir)
-    summary = {"threads": threads, "profile": str(predictor.profile.path), "method": predictor.method,
+    summary = {"threads": threads, "profile": _describe_profile(predictor.profile, args.profile),
+               "method": predictor.method,
                "suite": predictor.profile.method.get("suite"), "profile_heldout_error_pct": predictor.heldout_error_pct,
                "families": _fractions(fam), "foreign": _fractions(foreign)}
     md = ["# Predictor accuracy on host (held-out models)", "",
-          f"threads {threads}; profile `{summary['profile']}` ({summary['suite']} suite); {predictor.method}", ""]
+          f"threads {threads}; profile: {summary['profile']}; {predictor.method}", ""]
     if fam:
         f = summary["families"]
         md += ["## The four families, at scales the suite does not hold", "",
