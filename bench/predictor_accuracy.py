@@ -73,7 +73,7 @@ def foreign_rows(predictor, device, tmp: Path, extra: Path | None) -> list[dict]
         m = device.measure(path, FULL_TIMING)
         t = m.latency
         row = _row(name, cost.resolution, cost.macs, {"p50": t.p50_ms, "p90": t.p90_ms}, m.memory_mb,
-                   predictor.predict(cost))
+                   predictor.predict_onnx(path, cost))
         rows.append({**row, "source": source})
     return rows
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from pipeline.core.errors import BackendUnavailable
 from pipeline.core.scaling import CompoundScaling, Scale
 from pipeline.measure.device import Device, LocalDevice
+from pipeline.measure.node_profile import conv_grid, profile_graph
 from pipeline.measure.settings import TimingSettings, timing
 from pipeline.models.probe_suite import PROBE_NAMES, QUICK_PROBES
+from pipeline.predict.nodes import ProfiledModel, node_times_path, save_node_times
 from pipeline.predict.profile import SCHEMA_VERSION, Profile, now_iso, save_profile
 
 
@@ -66,6 +68,10 @@ QUICK_SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("mobilenetv2", dims=(1, 1, -1)),
     *(SuiteEntry("probe", probe=name) for name in QUICK_PROBES),
 )
+# Single convolutions timed for the per-node model (pipeline.predict.nodes): about 3 s per 100 at one thread.
+NODE_GRID = {"quick": 600, "full": 2000}
+NODE_RUNS = 15  # profiled runs per suite model (and as many without the profiler)
+GRID_SEED = 1
 FULL_TIMING: TimingSettings = timing("calibrate")  # rows of the one settings table (pipeline.measure.settings)
 QUICK_TIMING: TimingSettings = timing("calibrate-quick")
 
@@ -184,12 +190,17 @@ def suite_settings(target, quick: bool) -> TimingSettings:
 def calibrate(target, precision: str | None = None, threads: int | None = None, quick: bool = False,
               out: Path | None = None, progress: Callable[[int, int, str], None] | None = None,
               suite: tuple[SuiteEntry, ...] | None = None, settings: TimingSettings | None = None,
-              device: Device | None = None) -> Profile:
+              device: Device | None = None, node_grid: int | None = None) -> Profile:
     """Measure the suite for ``target`` on ``device`` (default: this machine) and save the profile (atomically).
 
     The profile goes to ``out``, or to the host profile location (host), or to
     ``edgefit_home()/profiles/<target>/<runtime>-<precision>.json`` (a real device, e.g. through an
     agent), where ``load_predictor`` prefers it over the shipped profile.
+
+    On this machine with ONNX Runtime at fp32, each suite model is also profiled node by node, and
+    ``node_grid`` single convolutions are timed (default: :data:`NODE_GRID` for the quick or full
+    suite, none for a custom one); they go beside the profile for ``deploy predict --onnx``
+    (:mod:`pipeline.predict.nodes`).
     """
     from pipeline.predict.targets import device_profile_path, host_profile_path
 
@@ -206,6 +217,10 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
     settings = settings or suite_settings(target, quick)
     device = device or LocalDevice(target, threads)
     opset = suite_opset(target)
+    if node_grid is None:
+        node_grid = NODE_GRID["quick" if quick else "full"] if suite in (QUICK_SUITE, FULL_SUITE) else 0
+    per_node = node_grid > 0 and isinstance(device, LocalDevice) and device.slots == 1 and precision == "fp32"
+    node_runs: list[ProfiledModel] = []
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
         spread = device.slots > 1
@@ -216,12 +231,22 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
             if progress:
                 progress(i, len(suite), entry.label)
             records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision, opset=opset))
+            if per_node:
+                run = profile_graph(Path(tmp) / "model.onnx", threads, runs=NODE_RUNS)
+                node_runs.append(ProfiledModel(entry.label, run.nodes, records[-1]["latency_ms"]["p50"],
+                                               run.unprofiled_ms))
+        if per_node and progress:
+            progress(len(suite), len(suite), f"timing {node_grid} single convolutions")
+        grid = conv_grid(node_grid, GRID_SEED, threads) if per_node else []
     if progress:
         progress(len(suite), len(suite), "done")
     runtime = {"version": None, **{k: v for k, v in records[-1]["_runtime"].items()
                                    if k in ("name", "version", "provider")}}
     for r in records:
         r.pop("_runtime", None)
+    if out is None:
+        out = (host_profile_path(precision, threads, target.runtime) if target.measurable else
+               device_profile_path(target.name, target.runtime, precision))
     facts = device.facts()
     profile = Profile(
         target=target.name,
@@ -233,13 +258,13 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         method={**settings.to_dict(), "suite": "quick" if quick else "full", "statistic": "p50 of per-call latency",
                 "batch": 1, "memory": records_memory_method(device),
                 "seconds": round(time.time() - started, 1),
+                **({"node_times": node_times_path(out).name} if per_node else {}),
                 **({"dropped_agents": device.dropped} if getattr(device, "dropped", None) else {})},
         records=tuple(records),
         schema_version=SCHEMA_VERSION,
     )
-    if out is None:
-        out = (host_profile_path(precision, threads, target.runtime) if target.measurable else
-               device_profile_path(target.name, target.runtime, precision))
+    if per_node:  # first: a profile never names node times that were not written
+        save_node_times(node_times_path(out), profile.created, node_runs, grid, GRID_SEED, time.time() - started)
     save_profile(profile, out)
     return Profile.from_dict(profile.to_dict(), out)
 

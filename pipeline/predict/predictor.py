@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -340,6 +340,47 @@ class Predictor:
                           self.memory_heldout_error_pct, str(self.profile.path), f"{self.method}; error: {error.case}",
                           "; ".join(filter(None, notes)) or None, tails[99], error.case)
 
+    def node_times(self):
+        """The per-node model of this profile (:mod:`pipeline.predict.nodes`), or None when it has none.
+
+        Only a host calibration with ONNX Runtime at fp32 writes node times; they are fitted once per predictor.
+        """
+        name = self.profile.method.get("node_times")
+        if not name or self.profile.path is None:
+            return None
+        if not hasattr(self, "_node_times"):
+            from pipeline.predict.nodes import load_node_times
+
+            self._node_times = load_node_times(self.profile.path.with_name(name), self.profile.created)
+        return self._node_times
+
+    def predict_onnx(self, path: str | Path, cost: Cost | None = None) -> Prediction:
+        """Latency and memory of an ONNX file edgefit did not build.
+
+        With node times, the latency is the per-node model's sum over ORT's executed graph of the file
+        (its stated error: that model's leave-one-group-out p90); else the linear model on the file's cost.
+        Memory always comes from the profile's memory fit.
+        """
+        from pipeline.cost.onnx import onnx_cost
+
+        cost = cost or onnx_cost(path)
+        base = self.predict(cost)
+        nt = self.node_times()
+        if nt is None:
+            return base
+        from pipeline.cost.ort_graph import executed_graph
+
+        nodes = executed_graph(path, int(self.profile.device.get("threads") or 1))
+        latency = nt.model.latency_ms(nodes)
+        tails = {p: None if r is None else round(latency * r, 4) for p, r in self.tail_ratios.items()}
+        method = (f"per-node model on ONNX Runtime's executed graph ({len(nodes)} nodes; conv extra-trees on "
+                  f"{nt.models} suite models' nodes and {nt.grid} single-layer timings, per-op linear for the rest); "
+                  "error: leave-one-group-out")
+        notes = [n for n in (base.note or "").split("; ") if n and not n.startswith("held-out error")]
+        return replace(base, latency_ms=round(latency, 4), latency_ms_p90=tails[90], latency_ms_p99=tails[99],
+                       heldout_error_pct=nt.stated_error_pct, method=method, error_case="leave-one-group-out",
+                       note="; ".join(notes) or None)
+
     def check_percentile(self, percentile: int) -> None:
         """Refuse a p90/p99 budget this profile has no tail for, before any search runs on a silent p50."""
         if percentile != 50 and self.tail_ratios.get(percentile) is None:
@@ -444,5 +485,5 @@ def predict(target_name: str, model: Scale | str | Path, family: str | None = No
         cost = onnx_cost(model)
         described = {"onnx": str(model), "resolution": cost.resolution, "params": cost.params, "macs": cost.macs,
                      "weight_bytes": cost.weight_bytes, "activation_bytes": cost.activation_bytes}
-    pred = predictor.predict(cost, family if isinstance(model, Scale) else None)
+    pred = predictor.predict(cost, family) if isinstance(model, Scale) else predictor.predict_onnx(model, cost)
     return {"target": target.name, "precision": precision, **pred.to_dict(), **described}

@@ -1,0 +1,153 @@
+"""Per-node kernel times from ONNX Runtime's profiler, and a seeded grid of single-convolution models.
+
+Why: the whole-model records of a profile say how long each suite model took, not where the
+time went. A predictor for models edgefit did not build (:mod:`pipeline.predict.nodes`) learns
+per node instead: every node ORT executed, with its shapes, and its kernel time. The suite's
+nodes cover our families in context; the grid covers convolution shapes they never use (dilated,
+grouped, 5×5 and 7×7, odd channel counts, tiny and huge maps).
+
+The graph and the times come from one session, so the profiler's node names are the names in the
+saved optimized graph (ORT numbers the layout copies it inserts per session).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cost.ort_graph import Node, graph_from_saved
+
+GRID_CHANNELS = (3, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
+# Channel counts ORT cannot block (not a multiple of 4: ShuffleNet's 58/116/232 and the like): these
+# convolutions run im2col + GEMM in the plain layout, a different kernel with its own per-MAC rate.
+ODD_CHANNELS = (6, 30, 58, 90, 116, 232)
+GRID_SIZES = (7, 8, 12, 14, 20, 28, 40, 56, 80, 112, 160)
+GRID_MACS = (2e5, 3e8)  # a layer outside this range is redrawn: too small to time, or too slow to be worth it
+
+
+@dataclass(frozen=True)
+class GraphProfile:
+    """One model's node times, and its latency timed the same way without the profiler.
+
+    The profiler adds a little to every node; ``unprofiled_ms`` (same process, same session
+    options, timed right after) is what lets the per-node model take that back out.
+    """
+
+    nodes: list[tuple[Node, float]]
+    unprofiled_ms: float | None
+
+
+def profile_graph(path: str | Path, threads: int = 1, runs: int = 10, warmup: int = 5,
+                  unprofiled: bool = True) -> GraphProfile:
+    """Every node ORT ran for ``path``, in execution order, with its median kernel time in µs.
+
+    With ``unprofiled``, also the median latency of as many runs without the profiler.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgefit-nodes-") as tmp:
+        path = _named_copy(path, Path(tmp) / "named.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        plain = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]) if unprofiled else None
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.random.default_rng(0).random([d if isinstance(d, int) else 1 for d in i.shape],
+                                                         dtype=np.float32) for i in sess.get_inputs()}
+        for _ in range(warmup + runs):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+        for _ in range(warmup if unprofiled else 0):
+            plain.run(None, feeds)
+        walls = []
+        for _ in range(runs if unprofiled else 0):
+            start = time.perf_counter()
+            plain.run(None, feeds)
+            walls.append(time.perf_counter() - start)
+        nodes = graph_from_saved(Path(tmp) / "optimized.onnx")
+    times: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            times.setdefault(e["name"][: -len("_kernel_time")], []).append(float(e["dur"]))
+    return GraphProfile([(n, statistics.median(times[n.name][-runs:])) for n in nodes if n.name in times],
+                        statistics.median(walls) * 1e3 if walls else None)
+
+
+def _named_copy(path: str | Path, out: Path) -> Path:
+    """``path`` itself when every node has a name; else a copy where each unnamed node gets one.
+
+    The profiler and the saved graph name an unnamed node differently, so their times could not be paired.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    unnamed = [n for n in model.graph.node if not n.name]
+    if not unnamed:
+        return Path(path)
+    for i, node in enumerate(unnamed):
+        node.name = f"edgefit_node_{i}"
+    onnx.save(model, str(out))
+    return out
+
+
+def grid_layer(rng: random.Random, path: Path) -> bool:
+    """Write one random single-convolution (+ReLU) model to ``path``; False when the draw is out of range."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cin = rng.choice(ODD_CHANNELS) if rng.random() < 0.2 else rng.choice(GRID_CHANNELS)
+    k = rng.choice([1, 1, 3, 3, 3, 5, 7])
+    s, hw = rng.choice([1, 1, 1, 2]), rng.choice(GRID_SIZES)
+    kind = rng.choice(["dense", "dense", "dense", "depthwise", "grouped"])
+    if kind == "depthwise":
+        cout, g = cin, cin
+    elif kind == "grouped":  # a few wide groups (AlexNet, ShuffleNet) or many narrow ones (ResNeXt, RegNet)
+        g = rng.choice([2, 3, 4, 8]) if rng.random() < 0.5 else cin // rng.choice([2, 4, 8, 16, 32])
+        if g < 2 or cin % g:
+            return False
+        cout = g * rng.choice([1, 2]) * (cin // g)
+    else:
+        cout, g = rng.choice(GRID_CHANNELS[1:]), 1
+    d = rng.choice([1, 1, 1, 2, 4]) if k == 3 else 1
+    ho = (hw + 2 * (d * (k - 1) // 2) - d * (k - 1) - 1) // s + 1
+    if ho < 1 or not GRID_MACS[0] <= cout * (cin // g) * k * k * ho * ho <= GRID_MACS[1]:
+        return False
+    w = numpy_helper.from_array(np.full((cout, cin // g, k, k), 0.01, np.float32), "w")
+    b = numpy_helper.from_array(np.full(cout, 0.1, np.float32), "b")
+    p = d * (k - 1) // 2
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
+                              group=g, dilations=[d, d]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return True
+
+
+def conv_grid(count: int, seed: int = 1, threads: int = 1, runs: int = 10,
+              progress: Callable[[int, int], None] | None = None) -> list[tuple[Node, float]]:
+    """``count`` seeded random convolution layers, each timed alone: (its convolution node, µs)."""
+    rng, rows = random.Random(seed), []
+    with tempfile.TemporaryDirectory(prefix="edgefit-grid-") as tmp:
+        path = Path(tmp) / "layer.onnx"
+        while len(rows) < count:
+            if not grid_layer(rng, path):
+                continue
+            conv = next(((n, us) for n, us in profile_graph(path, threads, runs, warmup=3, unprofiled=False).nodes
+                         if n.op in ("Conv", "FusedConv")), None)
+            if conv:
+                rows.append(conv)
+                if progress and len(rows) % 50 == 0:
+                    progress(len(rows), count)
+    return rows
