@@ -14,12 +14,15 @@ def _summary(profile) -> dict:
     from pipeline.predict.predictor import Predictor
 
     fitted = Predictor.fit(profile)
+    nodes = fitted.node_times()
     return {"profile": str(profile.path), "target": profile.target, "records": len(profile.records),
             "device": profile.device.get("model") or profile.device.get("cpu_model"),
             "threads": profile.device.get("threads"), "seconds": profile.method.get("seconds"),
             "heldout_error_pct": fitted.heldout_error_pct,
             # what `deploy predict --onnx` states for a model of unknown architecture (probes held out too)
             "unknown_architecture_error_pct": fitted.error_for(None).pct,
+            # with node times (host, ONNX Runtime, fp32), `predict --onnx` uses the per-node model and states this
+            **({"node_times": str(nodes.path), "per_node_error_pct": nodes.stated_error_pct} if nodes else {}),
             "memory_heldout_error_pct": fitted.memory_heldout_error_pct, "method": fitted.method}
 
 

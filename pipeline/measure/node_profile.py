@@ -43,6 +43,7 @@ class GraphProfile:
 
     nodes: list[tuple[Node, float]]
     unprofiled_ms: float | None
+    shape_mismatches: tuple[str, ...] = ()  # nodes whose derived output shape differs from the profiler's
 
 
 def profile_graph(path: str | Path, threads: int = 1, runs: int = 10, warmup: int = 5,
@@ -78,11 +79,16 @@ def profile_graph(path: str | Path, threads: int = 1, runs: int = 10, warmup: in
             walls.append(time.perf_counter() - start)
         nodes = graph_from_saved(Path(tmp) / "optimized.onnx")
     times: dict[str, list[float]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            times.setdefault(e["name"][: -len("_kernel_time")], []).append(float(e["dur"]))
+            name = e["name"][: -len("_kernel_time")]
+            times.setdefault(name, []).append(float(e["dur"]))
+            outs = e.get("args", {}).get("output_type_shape") or [{}]
+            shapes[name] = tuple(next(iter(outs[0].values()), ()))
+    mismatches = tuple(n.name for n in nodes if n.name in shapes and shapes[n.name] != n.output)
     return GraphProfile([(n, statistics.median(times[n.name][-runs:])) for n in nodes if n.name in times],
-                        statistics.median(walls) * 1e3 if walls else None)
+                        statistics.median(walls) * 1e3 if walls else None, mismatches)
 
 
 def _named_copy(path: str | Path, out: Path) -> Path:
