@@ -105,6 +105,8 @@ def _with_shapes(graph: onnx.GraphProto, block: int | None, opset: int) -> list[
     """
     inits = {i.name: i for i in graph.initializer}
     shapes: dict[str, tuple[int, ...]] = {name: tuple(t.dims) for name, t in inits.items()}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in (*graph.input, *graph.value_info, *graph.output)}
+    saved = {vi.name: _dims(vi) for vi in graph.value_info}  # a last resort: may be stale for NCHWc tensors
     for vi in graph.input:
         dims = _dims(vi)
         if dims is not None and vi.name not in inits:
@@ -119,7 +121,11 @@ def _with_shapes(graph: onnx.GraphProto, block: int | None, opset: int) -> list[
         attrs = {a.name: _attr(a) for a in node.attribute}
         ins = [shapes[i] for i in node.input if i]
         if node.domain in ("", "ai.onnx"):
-            outs = _onnx_infer(node, shapes, inits, opset)
+            outs = _onnx_infer(node, shapes, types, inits, opset)
+            if outs is None and all(saved.get(o) for o in node.output if o):
+                outs = [saved[o] for o in node.output if o]
+            if outs is None:
+                raise ModelInvalid(f"cannot infer the shape of ORT node {node.name} ({node.op_type})")
         else:
             outs = [_infer(node, attrs, ins, block)]
         for name, shape in zip(node.output, outs):
@@ -131,26 +137,25 @@ def _with_shapes(graph: onnx.GraphProto, block: int | None, opset: int) -> list[
     return out
 
 
-def _onnx_infer(node: onnx.NodeProto, shapes: dict, inits: dict, opset: int) -> list[tuple[int, ...]]:
-    """ONNX shape inference on a one-node graph: the node's output shapes."""
+def _onnx_infer(node: onnx.NodeProto, shapes: dict, types: dict, inits: dict, opset: int
+                ) -> list[tuple[int, ...]] | None:
+    """ONNX shape inference on a one-node graph: the node's output shapes (None when it cannot tell)."""
     from onnx import TensorProto
 
     small = [inits[i] for i in node.input if i in inits and _numel(shapes[i]) <= 64]  # shape/axes operands
     known = {t.name for t in small}
-    inputs = [helper.make_tensor_value_info(i, TensorProto.FLOAT, list(shapes[i])) for i in dict.fromkeys(node.input)
-              if i and i not in known]
+    inputs = [helper.make_tensor_value_info(i, types.get(i) or TensorProto.FLOAT, list(shapes[i]))
+              for i in dict.fromkeys(node.input) if i and i not in known]
     outputs = [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in node.output if o]
     graph = helper.make_graph([node], "node", inputs, outputs, small)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except Exception as exc:  # onnx raises InferenceError and friends
-        raise ModelInvalid(f"cannot infer the shape of ORT node {node.name} ({node.op_type}): {exc}") from None
+    except Exception:  # onnx raises InferenceError and friends; the caller tries ORT's saved shapes next
+        return None
     found = {vi.name: _dims(vi) for vi in (*inferred.graph.value_info, *inferred.graph.output)}
     shapes_out = [found.get(o) for o in node.output if o]
-    if any(s is None for s in shapes_out):
-        raise ModelInvalid(f"cannot infer the shape of ORT node {node.name} ({node.op_type})")
-    return shapes_out
+    return None if any(s is None for s in shapes_out) else shapes_out
 
 
 def _numel(shape: tuple[int, ...]) -> int:
