@@ -78,6 +78,24 @@ def foreign_rows(predictor, device, tmp: Path, extra: Path | None) -> list[dict]
     return rows
 
 
+CHECK = SuiteEntry("efficientnet", 0.0)  # a suite model every profile holds, re-timed before and after the run
+
+
+def machine_check(profile, device, tmp: Path) -> dict | None:
+    """``CHECK`` timed now against its record in the profile: is the machine as fast as when it was calibrated?
+
+    A neighbour on a shared VM can slow everything by 10-30% for minutes; a ±10% check is only
+    meaningful when this stays within a few per cent, so the report prints it.
+    """
+    rec = next((r for r in profile.model_records if r.get("family") == CHECK.family and r.get("phi") == CHECK.phi
+                and r.get("phi_depth") is None), None)
+    if rec is None:
+        return None
+    now = measure_entry(CHECK, device, FULL_TIMING, tmp)["latency_ms"]["p50"]
+    return {"model": CHECK.label, "profile_ms": rec["latency_ms"]["p50"], "now_ms": now,
+            "change_pct": round(100 * (now / rec["latency_ms"]["p50"] - 1), 1)}
+
+
 def _row(label: str, resolution: int, macs: int, latency: dict, memory_mb, pred) -> dict:
     lat_err = pred.latency_ms / latency["p50"] - 1
     mem_err = pred.memory_mb / memory_mb - 1 if memory_mb else None
@@ -115,6 +133,21 @@ def _table(rows: list[dict]) -> list[str]:
     return md
 
 
+def _machine_lines(summary: dict) -> list[str]:
+    check = summary["machine_check"]
+    if not check["before"]:
+        return []
+    b, a = check["before"], check["after"]
+    line = (f"Machine check: {b['model']} ran {b['now_ms']:.2f} ms before this run and {a['now_ms']:.2f} ms after it; "
+            f"the profile recorded {b['profile_ms']:.2f} ms ({b['change_pct']:+.1f}%, {a['change_pct']:+.1f}%).")
+    drift = summary.get("profile_drift")
+    if drift:
+        line += f" During calibration the machine's speed moved {drift['drift_pct']:+.1f}% ({drift['reference']})."
+    if max(abs(b["change_pct"]), abs(a["change_pct"])) > 5:
+        line += " **The machine was not as fast as when it was calibrated: errors here include that.**"
+    return [line]
+
+
 def _describe_profile(profile, given: Path | None) -> str:
     """The profile in words, without this machine's home directory (the results are committed)."""
     records = list(profile.model_records)
@@ -142,14 +175,18 @@ def main() -> int:
         calibrate(target, "fp32", threads, quick=args.quick_profile)
         predictor = load_predictor(target, "fp32", threads)
     with tempfile.TemporaryDirectory() as tmp:
+        before = machine_check(predictor.profile, device, Path(tmp))
         fam = [] if args.only == "foreign" else family_rows(predictor, device, Path(tmp))
         foreign = [] if args.only == "families" else foreign_rows(predictor, device, Path(tmp), args.foreign_dir)
+        after = machine_check(predictor.profile, device, Path(tmp))
     summary = {"threads": threads, "profile": _describe_profile(predictor.profile, args.profile),
                "method": predictor.method,
                "suite": predictor.profile.method.get("suite"), "profile_heldout_error_pct": predictor.heldout_error_pct,
-               "families": _fractions(fam), "foreign": _fractions(foreign)}
+               "families": _fractions(fam), "foreign": _fractions(foreign),
+               "machine_check": {"before": before, "after": after},
+               "profile_drift": predictor.profile.method.get("drift")}
     md = ["# Predictor accuracy on host (held-out models)", "",
-          f"threads {threads}; profile: {summary['profile']}; {predictor.method}", ""]
+          f"threads {threads}; profile: {summary['profile']}; {predictor.method}", "", *_machine_lines(summary), ""]
     if fam:
         f = summary["families"]
         md += ["## The four families, at scales the suite does not hold", "",

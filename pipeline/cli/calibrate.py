@@ -23,7 +23,18 @@ def _summary(profile) -> dict:
             "unknown_architecture_error_pct": fitted.error_for(None).pct,
             # with node times (host, ONNX Runtime, fp32), `predict --onnx` uses the per-node model and states this
             **({"node_times": str(nodes.path), "per_node_error_pct": nodes.stated_error_pct} if nodes else {}),
-            "memory_heldout_error_pct": fitted.memory_heldout_error_pct, "method": fitted.method}
+            "memory_heldout_error_pct": fitted.memory_heldout_error_pct, "method": fitted.method,
+            **({"drift_pct": profile.method["drift"]["drift_pct"]} if profile.method.get("drift") else {})}
+
+
+def _warn_drift(profile) -> None:
+    from pipeline.fit.calibrate import DRIFT_WARN_PCT
+
+    drift = profile.method.get("drift")
+    if drift and abs(drift["drift_pct"]) > DRIFT_WARN_PCT:
+        log(f"warning: {drift['reference']} ran {drift['start_ms']:g} ms at the start of calibration and "
+            f"{drift['end_ms']:g} ms at the end ({drift['drift_pct']:+g}%): another process was using the CPU; "
+            "recalibrate on a quiet machine before trusting predictions from this profile.")
 
 
 @click.command()
@@ -76,4 +87,5 @@ def calibrate(target_name, precision, threads, quick, out, agent, agent_token_fi
         device = agent_device(agent, target, token_file=agent_token_file, threads=threads, accept=accept_device,
                               log=log)
     profile = run(target, precision, threads, quick, out, progress_bar("calibrate"), device=device)
+    _warn_drift(profile)
     emit(_summary(profile), as_json, key_values)

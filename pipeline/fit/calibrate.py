@@ -9,6 +9,7 @@ count, and its peak memory is measured in a child process.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -68,9 +69,9 @@ QUICK_SUITE: tuple[SuiteEntry, ...] = (
     SuiteEntry("mobilenetv2", dims=(1, 1, -1)),
     *(SuiteEntry("probe", probe=name) for name in QUICK_PROBES),
 )
-# Single convolutions timed for the per-node model (pipeline.predict.nodes): about 3 s per 100 at one thread.
-NODE_GRID = {"quick": 600, "full": 2000}
-NODE_RUNS = 15  # profiled runs per suite model (and as many without the profiler)
+# Single convolutions timed (twice) for the per-node model (pipeline.predict.nodes): about 3 s per 100, 1 thread.
+NODE_GRID = {"quick": 500, "full": 2000}
+NODE_RUNS = 6  # profiled runs per half, per suite model (and as many without the profiler)
 GRID_SEED = 1
 FULL_TIMING: TimingSettings = timing("calibrate")  # rows of the one settings table (pipeline.measure.settings)
 QUICK_TIMING: TimingSettings = timing("calibrate-quick")
@@ -221,6 +222,7 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         node_grid = NODE_GRID["quick" if quick else "full"] if suite in (QUICK_SUITE, FULL_SUITE) else 0
     per_node = node_grid > 0 and isinstance(device, LocalDevice) and device.slots == 1 and precision == "fp32"
     node_runs: list[ProfiledModel] = []
+    local = isinstance(device, LocalDevice) and device.slots == 1
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
         spread = device.slots > 1
@@ -231,6 +233,8 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
             if progress:
                 progress(i, len(suite), entry.label)
             records.append(measure_entry(entry, device, settings, Path(tmp), precision=precision, opset=opset))
+            if i == 0 and local:
+                shutil.copy(Path(tmp) / "model.onnx", Path(tmp) / "reference.onnx")
             if per_node:
                 run = profile_graph(Path(tmp) / "model.onnx", threads, runs=NODE_RUNS)
                 node_runs.append(ProfiledModel(entry.label, run.nodes, records[-1]["latency_ms"]["p50"],
@@ -238,6 +242,8 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         if per_node and progress:
             progress(len(suite), len(suite), f"timing {node_grid} single convolutions")
         grid = conv_grid(node_grid, GRID_SEED, threads) if per_node else []
+        drift = machine_drift(device, Path(tmp) / "reference.onnx", settings, suite[0].label,
+                              records[0]["latency_ms"]["p50"]) if local and records else None
     if progress:
         progress(len(suite), len(suite), "done")
     runtime = {"version": None, **{k: v for k, v in records[-1]["_runtime"].items()
@@ -259,6 +265,7 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
                 "batch": 1, "memory": records_memory_method(device),
                 "seconds": round(time.time() - started, 1),
                 **({"node_times": node_times_path(out).name} if per_node else {}),
+                **({"drift": drift} if drift else {}),
                 **({"dropped_agents": device.dropped} if getattr(device, "dropped", None) else {})},
         records=tuple(records),
         schema_version=SCHEMA_VERSION,
@@ -267,6 +274,20 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
         save_node_times(node_times_path(out), profile.created, node_runs, grid, GRID_SEED, time.time() - started)
     save_profile(profile, out)
     return Profile.from_dict(profile.to_dict(), out)
+
+
+DRIFT_WARN_PCT = 5.0  # the first suite model re-timed at the end differs by more: the machine was busy
+
+
+def machine_drift(device: Device, reference: Path, settings: TimingSettings, label: str, start_ms: float) -> dict:
+    """Re-time the first suite model after everything else: how far the machine's speed moved during calibration.
+
+    Another process taking the CPU part of the time slows whatever is measured then; a profile
+    records it so a user (and ``deploy calibrate``'s summary) can tell a quiet calibration from a busy one.
+    """
+    end_ms = device.measure(reference, settings).latency.p50_ms
+    return {"reference": label, "start_ms": round(start_ms, 4), "end_ms": round(end_ms, 4),
+            "drift_pct": round(100 * (end_ms / start_ms - 1), 1)}
 
 
 def records_memory_method(device: Device) -> str:
