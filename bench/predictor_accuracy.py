@@ -87,8 +87,9 @@ def machine_check(profile, device, tmp: Path) -> dict | None:
     A neighbour on a shared VM can slow everything by 10-30% for minutes; a ±10% check is only
     meaningful when this stays within a few per cent, so the report prints it.
     """
-    rec = next((r for r in profile.model_records if r.get("family") == CHECK.family and r.get("phi") == CHECK.phi
-                and r.get("phi_depth") is None), None)
+    rec = next((r for r in profile.model_records if r.get("family") == CHECK.family
+                and r.get("phi") == r.get("phi_depth") == r.get("phi_width") == r.get("phi_resolution") == CHECK.phi),
+               None)
     if rec is None:
         return None
     now = measure_entry(CHECK, device, FULL_TIMING, tmp)["latency_ms"]["p50"]

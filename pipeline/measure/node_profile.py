@@ -39,7 +39,7 @@ class GraphProfile:
     """One model's node times, and its latency timed the same way without the profiler.
 
     The profiler adds a little to every node; ``unprofiled_ms`` (same process, same session
-    options, timed right after) is what lets the per-node model take that back out.
+    options, timed in turns with the profiled runs) is what lets the per-node model take that back out.
     """
 
     nodes: list[tuple[Node, float]]
@@ -74,7 +74,7 @@ def profile_graph(path: str | Path, threads: int = 1, runs: int = 10, warmup: in
             sess.run(None, feeds)
             if plain is not None:
                 plain.run(None, feeds)
-        for half in (0, 1):  # two halves, apart in time: a few seconds of a busy neighbour spoil at most one
+        for half in (0, 1):  # two halves: a short burst of a busy neighbour's load spoils at most one
             for _ in range(runs):
                 sess.run(None, feeds)
             for _ in range(runs if plain is not None else 0):
