@@ -220,9 +220,9 @@ def calibrate(target, precision: str | None = None, threads: int | None = None, 
     opset = suite_opset(target)
     if node_grid is None:
         node_grid = NODE_GRID["quick" if quick else "full"] if suite in (QUICK_SUITE, FULL_SUITE) else 0
-    per_node = node_grid > 0 and isinstance(device, LocalDevice) and device.slots == 1 and precision == "fp32"
-    node_runs: list[ProfiledModel] = []
     local = isinstance(device, LocalDevice) and device.slots == 1
+    per_node = local and node_grid > 0 and precision == "fp32"
+    node_runs: list[ProfiledModel] = []
     records, started = [], time.time()
     with tempfile.TemporaryDirectory(prefix="edgefit-calibrate-") as tmp:
         spread = device.slots > 1
