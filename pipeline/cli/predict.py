@@ -20,6 +20,8 @@ _CASES = {
     "same family": "this family was timed on the target; leave-one-out over its records",
     "leave-one-family-out": "this family was never timed on the target; error of predicting each timed family "
                             "from the others",
+    "leave-one-group-out": "an ONNX file costed node by node; error of the per-node model on each suite group "
+                           "predicted with that group left out",
     "unknown": "never timed on the target, and too few families in the profile to say how far off it can be",
 }
 

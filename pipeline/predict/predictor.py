@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -318,7 +318,10 @@ class Predictor:
     # -- predicting ------------------------------------------------------------------------------
     def predict(self, cost: Cost, family: str | None = None) -> Prediction:
         """Latency and memory of ``cost``; ``family`` picks the held-out error that applies (None: unknown)."""
-        latency = self._latency(cost)
+        return self._prediction(cost, self._latency(cost), self.error_for(family), self.method)
+
+    def _prediction(self, cost: Cost, latency: float, error: ErrorEstimate, method: str) -> Prediction:
+        """A :class:`Prediction` of ``latency`` with its error, tails, memory and notes."""
         memory = self._memory(memory_features(cost)) if self._memory else None
         notes = [self.note]
         if memory is None:
@@ -330,14 +333,13 @@ class Predictor:
                              f"the runtime's context ({self.hardware['runtime_context_mb'].get('source', 'sourced')})")
             else:
                 notes.append("memory is a static estimate (weights + peak activations)")
-        error = self.error_for(family)
         if error.case != "same family":
             notes.append(f"held-out error: {error.detail}")
         if self.provenance != "measured":
             notes.insert(0, f"predicted from a {self.provenance} profile, not measured")
         tails = {p: None if r is None else round(latency * r, 4) for p, r in self.tail_ratios.items()}
         return Prediction(round(latency, 4), tails[90], round(memory, 2), self.provenance, error.pct,
-                          self.memory_heldout_error_pct, str(self.profile.path), f"{self.method}; error: {error.case}",
+                          self.memory_heldout_error_pct, str(self.profile.path), f"{method}; error: {error.case}",
                           "; ".join(filter(None, notes)) or None, tails[99], error.case)
 
     def node_times(self):
@@ -364,22 +366,18 @@ class Predictor:
         from pipeline.cost.onnx import onnx_cost
 
         cost = cost or onnx_cost(path)
-        base = self.predict(cost)
         nt = self.node_times()
         if nt is None:
-            return base
+            return self.predict(cost)
         from pipeline.cost.ort_graph import executed_graph
 
         nodes = executed_graph(path, int(self.profile.device.get("threads") or 1))
-        latency = nt.model.latency_ms(nodes)
-        tails = {p: None if r is None else round(latency * r, 4) for p, r in self.tail_ratios.items()}
+        error = ErrorEstimate(nt.stated_error_pct, "leave-one-group-out",
+                              "p90 of the per-node model's errors on each suite group (each family, the probes) "
+                              "predicted with that group left out")
         method = (f"per-node model on ONNX Runtime's executed graph ({len(nodes)} nodes; conv extra-trees on "
-                  f"{nt.models} suite models' nodes and {nt.grid} single-layer timings, per-op linear for the rest); "
-                  "error: leave-one-group-out")
-        notes = [n for n in (base.note or "").split("; ") if n and not n.startswith("held-out error")]
-        return replace(base, latency_ms=round(latency, 4), latency_ms_p90=tails[90], latency_ms_p99=tails[99],
-                       heldout_error_pct=nt.stated_error_pct, method=method, error_case="leave-one-group-out",
-                       note="; ".join(notes) or None)
+                  f"{nt.models} suite models' nodes and {nt.grid} single-layer timings, per-op linear for the rest)")
+        return self._prediction(cost, nt.model.latency_ms(nodes), error, method)
 
     def check_percentile(self, percentile: int) -> None:
         """Refuse a p90/p99 budget this profile has no tail for, before any search runs on a silent p50."""
