@@ -22,6 +22,8 @@ _CASES = {
                             "from the others",
     "leave-one-group-out": "an ONNX file costed node by node; error of the per-node model on each suite group "
                            "predicted with that group left out",
+    "outside-calibration": "an ONNX file costed node by node, with too much of its time in nodes unlike anything "
+                           "the calibration timed for the held-out error to apply",
     "unknown": "never timed on the target, and too few families in the profile to say how far off it can be",
 }
 

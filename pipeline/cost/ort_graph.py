@@ -218,13 +218,17 @@ def _infer(node: onnx.NodeProto, attrs: dict, ins: list[tuple[int, ...]], block:
         return (x[0], *x[2:], c) if attrs.get("channels_last") else (x[0], c, *x[2:])
     if op == "Upsample" and "scales" in attrs:
         x, s = ins[0], attrs["scales"]
-        return (x[0], x[1], *[d * k for d, k in zip(x[2:], s)])
+        s = s[2:] if len(s) == len(x) else s  # NCHWc's Upsample gives a scale per axis, batch and channels included
+        return (x[0], x[1], *[int(d * k) for d, k in zip(x[2:], s)])
     if op == "FusedGemm":
         a, b = ins[0], ins[1]
         m = a[1] if attrs.get("transA") else a[0]
         return (m, b[0] if attrs.get("transB") else b[1])
     if op == "FusedMatMul":
         a, b = ins[0], ins[1]
+        # transBatch: the first axis moves behind the batch axes, to be the matrix's rows (ORT's contrib op spec)
+        a = (*a[1:-1], a[0], a[-1]) if attrs.get("transBatchA") and len(a) > 2 else a
+        b = (*b[1:-1], b[0], b[-1]) if attrs.get("transBatchB") and len(b) > 2 else b
         m = a[-1] if attrs.get("transA") else a[-2]
         n = b[-2] if attrs.get("transB") else b[-1]
         batch = a[:-2] if len(a) >= len(b) else b[:-2]

@@ -31,6 +31,7 @@ GRID_CHANNELS = (3, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 3
 # convolutions run im2col + GEMM in the plain layout, a different kernel with its own per-MAC rate.
 ODD_CHANNELS = (6, 30, 58, 90, 116, 232)
 GRID_SIZES = (7, 8, 12, 14, 20, 28, 40, 56, 80, 112, 160)
+GRID_OPS = ("Conv", "FusedConv", "ConvTranspose")  # the node a grid layer times
 GRID_MACS = (2e5, 3e8)  # a layer outside this range is redrawn: too small to time, or too slow to be worth it
 
 
@@ -123,10 +124,17 @@ def grid_layer(rng: random.Random, path: Path) -> bool:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    shape = rng.random()
+    if shape < 0.06:
+        return _transposed_layer(rng, path)
     cin = rng.choice(ODD_CHANNELS) if rng.random() < 0.2 else rng.choice(GRID_CHANNELS)
     k = rng.choice([1, 1, 3, 3, 3, 5, 7])
     s, hw = rng.choice([1, 1, 1, 2]), rng.choice(GRID_SIZES)
     kind = rng.choice(["dense", "dense", "dense", "depthwise", "grouped"])
+    if shape < 0.12:  # a patchify stem (ViT, ConvNeXt: kernel = stride, no padding), or AlexNet's 11×11 stride 4
+        k = s = rng.choice([2, 4, 8, 16, 11])
+        s = 4 if k == 11 else s
+        kind, hw = "dense", rng.choice(GRID_SIZES) * rng.choice([1, 2])
     if kind == "depthwise":
         cout, g = cin, cin
     elif kind == "grouped":  # a few wide groups (AlexNet, ShuffleNet) or many narrow ones (ResNeXt, RegNet)
@@ -136,15 +144,35 @@ def grid_layer(rng: random.Random, path: Path) -> bool:
         cout = g * rng.choice([1, 2]) * (cin // g)
     else:
         cout, g = rng.choice(GRID_CHANNELS[1:]), 1
-    d = rng.choice([1, 1, 1, 2, 4]) if k == 3 else 1
-    ho = (hw + 2 * (d * (k - 1) // 2) - d * (k - 1) - 1) // s + 1
+    d = rng.choice([1, 1, 1, 2, 4, 8]) if k == 3 else 1
+    p = 0 if k == s else d * (k - 1) // 2
+    ho = (hw + 2 * p - d * (k - 1) - 1) // s + 1
     if ho < 1 or not GRID_MACS[0] <= cout * (cin // g) * k * k * ho * ho <= GRID_MACS[1]:
         return False
     w = numpy_helper.from_array(np.full((cout, cin // g, k, k), 0.01, np.float32), "w")
     b = numpy_helper.from_array(np.full(cout, 0.1, np.float32), "b")
-    p = d * (k - 1) // 2
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4,
                               group=g, dilations=[d, d]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return True
+
+
+def _transposed_layer(rng: random.Random, path: Path) -> bool:
+    """One ConvTranspose (+ReLU) upsampling by 2, as decoders use it (k 2 no padding, k 3 or 4 padding 1)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cin, cout, hw = rng.choice(GRID_CHANNELS[1:]), rng.choice(GRID_CHANNELS[1:]), rng.choice(GRID_SIZES[:-1])
+    k = rng.choice([2, 2, 3, 4])
+    if not GRID_MACS[0] <= cin * cout * k * k * hw * hw <= GRID_MACS[1]:
+        return False
+    extra = {"pads": [0] * 4} if k == 2 else {"pads": [1] * 4, "output_padding": [1, 1] if k == 3 else [0, 0]}
+    w = numpy_helper.from_array(np.full((cin, cout, k, k), 0.01, np.float32), "w")
+    b = numpy_helper.from_array(np.full(cout, 0.1, np.float32), "b")
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[2, 2], **extra),
+             helper.make_node("Relu", ["c"], ["y"])]
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, b])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
@@ -170,7 +198,7 @@ def _grid_pass(count: int, seed: int, threads: int, runs: int, progress) -> list
             if not grid_layer(rng, path):
                 continue
             run = profile_graph(path, threads, runs, warmup=2, unprofiled=False)
-            rows.append(next(((n, us) for n, us in run.nodes if n.op in ("Conv", "FusedConv")), (None, math.nan)))
+            rows.append(next(((n, us) for n, us in run.nodes if n.op in GRID_OPS), (None, math.nan)))
             if progress and len(rows) % 50 == 0:
                 progress(len(rows), count)
     return rows

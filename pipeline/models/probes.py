@@ -145,6 +145,87 @@ def wide_head(hidden: int, res: int) -> _Flat:
     return _Flat(body, 64 * side * side, hidden, res)
 
 
+class _Decoder(nn.Module):
+    """A small U-Net: pools down, transposed convolutions and resizes up, skip connections concatenated."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.e1 = _conv(3, 16, 3, 2), _conv(16, 32)
+        self.e2, self.e3 = _conv(32, 64), _conv(64, 128)
+        self.up2, self.d2 = nn.ConvTranspose2d(128, 64, 2, 2), _conv(128, 64, 1)
+        self.d1 = _conv(64 + 32, 32)
+        self.up0, self.d0 = nn.ConvTranspose2d(32, 16, 4, 2, 1), _conv(16, 16)
+        self.up_out = nn.ConvTranspose2d(16, 16, 3, 2, 1, output_padding=1)
+
+    def forward(self, x):
+        f = nn.functional
+        s1 = self.e1(self.stem(x))                                                    # 48²
+        s2 = self.e2(f.max_pool2d(s1, 2))                                             # 24²
+        y = self.e3(f.avg_pool2d(s2, 2))                                              # 12²
+        y = self.d2(torch.cat([s2, self.up2(y)], 1))                                  # 24²
+        y = self.d1(torch.cat([s1, f.interpolate(y, scale_factor=2.0, mode="bilinear")], 1))  # 48²
+        y = self.d0(self.up0(y))                                                      # 96²
+        y = f.interpolate(y, scale_factor=0.5, mode="nearest")                        # 48²
+        y = f.interpolate(self.up_out(y), scale_factor=0.25, mode="bilinear")         # 96² → 24²
+        return f.interpolate(y, scale_factor=0.5, mode="nearest")                     # 12²
+
+
+def decoder(res: int) -> Probe:
+    """A segmentation-style encoder-decoder: ConvTranspose, Resize, Concat and pools at several sizes."""
+    return Probe(_Decoder(), 16, res)
+
+
+class _Attention(nn.Module):
+    """A transformer block on a token map: multi-head self-attention and a GELU MLP, both residual.
+
+    Pre-norm (ViT) normalises each branch's input; post-norm (BERT, PyTorch's default encoder layer) the sum,
+    which ONNX Runtime fuses into SkipLayerNormalization: the probe has both.
+    """
+
+    def __init__(self, c: int, heads: int, post_norm: bool = False):
+        super().__init__()
+        self.heads, self.post_norm = heads, post_norm
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(c), nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+
+    def _attend(self, t):
+        b, n, c = t.shape
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5, dim=-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, t):
+        mlp = lambda u: self.fc2(nn.functional.gelu(self.fc1(u)))  # noqa: E731
+        if self.post_norm:
+            t = self.norm1(t + self._attend(t))
+            return self.norm2(t + mlp(t))
+        t = t + self._attend(self.norm1(t))
+        return t + mlp(self.norm2(t))
+
+
+class _Tokenized(nn.Module):
+    """Patch stem, a pre-norm and a post-norm block on 16² tokens, a 2×2 patch merge, the same on 8² tokens."""
+
+    def __init__(self, c: int, heads: int):
+        super().__init__()
+        self.stem, self.merge = nn.Conv2d(3, c, 4, 4), nn.Conv2d(c, 2 * c, 2, 2)
+        self.stage1 = nn.Sequential(_Attention(c, heads), _Attention(c, heads, post_norm=True))
+        self.stage2 = nn.Sequential(_Attention(2 * c, 2 * heads), _Attention(2 * c, 2 * heads, post_norm=True))
+
+    def forward(self, x):
+        y = self.stem(x)
+        b, c, h, w = y.shape
+        t = self.stage1(y.flatten(2).transpose(1, 2))
+        y = self.merge(t.transpose(1, 2).reshape(b, c, h, w))
+        t = self.stage2(y.flatten(2).transpose(1, 2))
+        return t.transpose(1, 2).reshape(b, 2 * c, h // 2, w // 2)
+
+
+def attention(c: int, heads: int, res: int) -> Probe:
+    """Self-attention (batched MatMul, Softmax, LayerNorm) and token MLPs at two token counts and widths."""
+    return Probe(_Tokenized(c, heads), 2 * c, res)
+
+
 PROBES: dict[str, Callable[[], nn.Module]] = {
     "grouped-gw4": lambda: grouped(4, (32, 64, 128), 96),
     "grouped-gw32": lambda: grouped(32, (64, 128, 256), 96),
@@ -156,6 +237,8 @@ PROBES: dict[str, Callable[[], nn.Module]] = {
     "split-shuffle": lambda: split_shuffle(96, 4, 128),
     "excite": lambda: excite(64, 4, 96),
     "wide-head": lambda: wide_head(1024, 64),
+    "decoder": lambda: decoder(96),
+    "attention": lambda: attention(64, 2, 64),
 }
 
 

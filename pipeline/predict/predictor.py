@@ -333,7 +333,9 @@ class Predictor:
                              f"the runtime's context ({self.hardware['runtime_context_mb'].get('source', 'sourced')})")
             else:
                 notes.append("memory is a static estimate (weights + peak activations)")
-        if error.case != "same family":
+        if error.case == "outside-calibration":
+            notes.append(f"error: {error.detail}")
+        elif error.case != "same family":
             notes.append(f"held-out error: {error.detail}")
         if self.provenance != "measured":
             notes.insert(0, f"predicted from a {self.provenance} profile, not measured")
@@ -360,7 +362,9 @@ class Predictor:
         """Latency and memory of an ONNX file edgefit did not build.
 
         With node times, the latency is the per-node model's sum over ORT's executed graph of the file
-        (its stated error: that model's leave-one-group-out p90); else the linear model on the file's cost.
+        (its stated error: that model's leave-one-group-out p90, or none when over OUTSIDE_LIMIT_PCT of the
+        predicted time is in nodes the calibration never timed anything like, which the note names);
+        else the linear model on the file's cost.
         Memory always comes from the profile's memory fit.
         """
         from pipeline.cost.onnx import onnx_cost
@@ -370,11 +374,21 @@ class Predictor:
         if nt is None:
             return self.predict(cost)
         from pipeline.cost.ort_graph import executed_graph
+        from pipeline.predict.nodes import OUTSIDE_LIMIT_PCT
 
         nodes = executed_graph(path, int(self.profile.device.get("threads") or 1))
-        error = ErrorEstimate(nt.stated_error_pct, "leave-one-group-out",
-                              "p90 of the per-node model's errors on each suite group (each family, the probes) "
-                              "predicted with that group left out")
+        cov = nt.model.coverage(nodes)
+        if cov.outside_pct > OUTSIDE_LIMIT_PCT:
+            error = ErrorEstimate(None, "outside-calibration",
+                                  f"{cov.outside_pct:.1f}% of the predicted time is in nodes the calibration never "
+                                  f"timed anything like ({cov.describe()}), over the {OUTSIDE_LIMIT_PCT:g}% the "
+                                  "held-out error stands for: the error is unknown; time the file on the device")
+        else:
+            outside = (f"; {cov.outside_pct:.1f}% of the predicted time outside the calibration ({cov.describe()})"
+                       if cov.parts else "")
+            error = ErrorEstimate(nt.stated_error_pct, "leave-one-group-out",
+                                  "p90 of the per-node model's errors on each suite group (each family, the probes) "
+                                  "predicted with that group left out" + outside)
         method = (f"per-node model on ONNX Runtime's executed graph ({len(nodes)} nodes; conv extra-trees on "
                   f"{nt.models} suite models' nodes and {nt.grid} single-layer timings, per-op linear for the rest)")
         return self._prediction(cost, nt.model.latency_ms(nodes), error, method)
