@@ -301,6 +301,10 @@ class NodeModel:
 
     def coverage(self, nodes: Sequence[Node]) -> Coverage:
         """The share of the predicted time in nodes the calibration does not cover, and which they are."""
+        return self.predict(nodes)[1]
+
+    def predict(self, nodes: Sequence[Node]) -> tuple[float, Coverage]:
+        """Latency in ms of the whole graph, and its :class:`Coverage` (the nodes predicted once for both)."""
         us = self.node_us(nodes)
         why: dict[str, list[float]] = {}
         for n, t in zip(nodes, us):
@@ -309,11 +313,14 @@ class NodeModel:
                 why.setdefault(reason, []).append(float(t))
         total = float(us.sum()) or 1.0
         parts = tuple(sorted(((r, len(v), 100 * sum(v) / total) for r, v in why.items()), key=lambda p: -p[2]))
-        return Coverage(round(sum(p[2] for p in parts), 2), parts)
+        return self._latency_ms(us), Coverage(round(sum(p[2] for p in parts), 2), parts)
 
     def latency_ms(self, nodes: Sequence[Node]) -> float:
+        return self._latency_ms(self.node_us(nodes))
+
+    def _latency_ms(self, us: np.ndarray) -> float:
         a, b, c = self.total
-        return float(a * self.node_us(nodes).sum() - b * len(nodes) + c) / 1e3
+        return float(a * us.sum() - b * len(us) + c) / 1e3
 
 
 @dataclass(frozen=True)
@@ -370,12 +377,11 @@ def heldout_errors(models: Sequence[ProfiledModel], grid: Sequence[tuple[Node, f
         for m in models:
             if suite_group(m.label) != group:
                 continue
-            nodes = [n for n, _ in m.nodes]
-            cov = fitted.coverage(nodes)
+            latency, cov = fitted.predict([n for n, _ in m.nodes])
             if cov.outside_pct > OUTSIDE_LIMIT_PCT:
                 outside[m.label] = cov.outside_pct
             else:  # against the device's p50: what a user's measurement will say
-                errors[m.label] = round(100 * (fitted.latency_ms(nodes) / m.latency_ms - 1), 2)
+                errors[m.label] = round(100 * (latency / m.latency_ms - 1), 2)
     return errors, outside
 
 

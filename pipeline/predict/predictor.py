@@ -377,7 +377,7 @@ class Predictor:
         from pipeline.predict.nodes import OUTSIDE_LIMIT_PCT
 
         nodes = executed_graph(path, int(self.profile.device.get("threads") or 1))
-        cov = nt.model.coverage(nodes)
+        latency, cov = nt.model.predict(nodes)
         if cov.outside_pct > OUTSIDE_LIMIT_PCT:
             error = ErrorEstimate(None, "outside-calibration",
                                   f"{cov.outside_pct:.1f}% of the predicted time is in nodes the calibration never "
@@ -391,7 +391,7 @@ class Predictor:
                                   "predicted with that group left out" + outside)
         method = (f"per-node model on ONNX Runtime's executed graph ({len(nodes)} nodes; conv extra-trees on "
                   f"{nt.models} suite models' nodes and {nt.grid} single-layer timings, per-op linear for the rest)")
-        return self._prediction(cost, nt.model.latency_ms(nodes), error, method)
+        return self._prediction(cost, latency, error, method)
 
     def check_percentile(self, percentile: int) -> None:
         """Refuse a p90/p99 budget this profile has no tail for, before any search runs on a silent p50."""
