@@ -92,6 +92,7 @@ def test_tokens_paths_and_methods(tmp_path: Path) -> None:
         assert status == 401 and "token" in body["error"]
         status, body, _ = a.request("GET", "/v1/info")
         assert status == 200 and body["facts"]["runner_version"] == "1" and "onnxruntime" in body["runtimes"]
+        assert body["max_body_bytes"] == 512 << 20  # the cap, so a client refuses an oversized model before sending
         assert a.request("GET", "/nope")[0] == 404
         status, body, headers = a.request("GET", "/v1/measure")
         assert status == 405 and headers["Allow"] == "POST" and body["error"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.errors import BackendUnavailable, DeployError
+from pipeline.core.errors import AgentUnreachable, BackendUnavailable, DeployError
 from pipeline.measure.agent import AgentDevice, check_device, read_token
 from pipeline.measure.settings import TimingSettings
 from pipeline.predict.targets import load_target
@@ -191,6 +191,78 @@ def test_connection_refused_names_the_url():
         port = s.getsockname()[1]
     with pytest.raises(BackendUnavailable, match=f"http://127.0.0.1:{port}"):
         AgentDevice(f"http://127.0.0.1:{port}", load_target("host")).facts()
+
+
+@contextlib.contextmanager
+def dropping_agent(info: dict, alive_after: bool):
+    """An agent that answers GET /v1/info, resets the first upload mid-way, and then is gone (or not).
+
+    The reset is what a client sees both when a body is over an agent's cap and when the agent
+    stops while the model is uploading (a farm's agent restarting, the network going away). Serves
+    a bounded number of connections and stops by itself.
+    """
+    import socket
+    import struct
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(20)
+    body = json.dumps(info).encode()
+
+    def serve():
+        try:
+            for _ in range(4):
+                conn, _ = srv.accept()
+                with conn:
+                    if conn.recv(65536).startswith(b"GET"):
+                        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+                                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                        continue
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                    if not alive_after:
+                        srv.close()  # nobody listens any more
+                        return
+        except OSError:
+            return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        srv.close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def big_model(tmp_path):
+    """32 MiB of bytes: more than loopback buffers hold, so the reset lands while it is uploading."""
+    path = tmp_path / "big.onnx"
+    path.write_bytes(np.random.default_rng(0).bytes(32 << 20))
+    return path
+
+
+@pytest.mark.parametrize("cap", [512 << 20, None])
+def test_an_agent_gone_mid_upload_is_unreachable_not_too_large(big_model, cap):
+    info = {"facts": X86_FACTS, "runtimes": ["onnxruntime"], **({"max_body_bytes": cap} if cap else {})}
+    with dropping_agent(info, alive_after=False) as url, pytest.raises(AgentUnreachable) as exc:
+        AgentDevice(url, load_target("host"), token=TOKEN).measure(big_model, SETTINGS)
+    assert "too large" not in str(exc.value)
+
+
+def test_a_live_agent_that_resets_an_upload_without_a_stated_cap_is_too_large(big_model):
+    with dropping_agent({"facts": X86_FACTS, "runtimes": ["onnxruntime"]}, alive_after=True) as url:
+        with pytest.raises(DeployError, match="too large") as exc:
+            AgentDevice(url, load_target("host"), token=TOKEN).measure(big_model, SETTINGS)
+    assert not isinstance(exc.value, AgentUnreachable)
+
+
+def test_a_model_over_the_stated_cap_is_refused_before_uploading(big_model):
+    info = {"facts": X86_FACTS, "runtimes": ["onnxruntime"], "max_body_bytes": 1 << 20}
+    with dropping_agent(info, alive_after=True) as url:
+        with pytest.raises(DeployError, match="32.0 MiB is over its 1 MiB cap"):
+            AgentDevice(url, load_target("host"), token=TOKEN).measure(big_model, SETTINGS)
 
 
 def test_bad_url_and_token_file(tmp_path, monkeypatch):

@@ -113,6 +113,7 @@ class AgentDevice(Device):
         self.threads = threads or target.threads
         self.timeout_s = timeout_s
         self._facts: dict | None = None
+        self._max_body: int | None = None  # the agent's upload cap in bytes, where its /v1/info states it
         self._runtimes: list[str] = []
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -139,9 +140,7 @@ class AgentDevice(Device):
                 raise self._http_error(e.code, payload) from None
             except urllib.error.URLError as e:
                 if body is not None and isinstance(e.reason, (BrokenPipeError, ConnectionResetError)):
-                    raise DeployError(f"the measurement agent at {self.url} closed the connection while the model "
-                                      f"({len(body) / 2**20:.1f} MiB) was uploading: most likely it is too large "
-                                      "for the agent (raise its --max-body-mb).") from None
+                    raise self._upload_reset(len(body)) from None
                 raise AgentUnreachable(f"cannot reach the measurement agent at {self.url}: {e.reason}; is "
                                          "`deploy agent serve` (or edgefit_device.py serve) running there?") from None
             except (BrokenPipeError, ConnectionResetError) as e:
@@ -150,6 +149,29 @@ class AgentDevice(Device):
                 raise AgentUnreachable(f"the measurement agent at {self.url} did not answer: {e}.") from None
         raise DeployError(f"the measurement agent at {self.url} stayed busy (429) for {MAX_BUSY_RETRIES} tries; "
                           "try again when its queue has drained.")
+
+    def _upload_reset(self, size: int) -> DeployError:
+        """Why the agent closed the connection during an upload: the body was over its cap, or it went away.
+
+        The two look the same from here (a reset). An agent that states its cap in ``/v1/info``
+        settles it; for one that does not, a fresh ``/v1/info`` tells a live agent (so: too large)
+        from one that is gone (:class:`AgentUnreachable`, which a farm answers by re-sending the job).
+        """
+        mib = size / 2**20
+        if self._max_body is not None and size <= self._max_body:
+            return AgentUnreachable(f"the measurement agent at {self.url} closed the connection while the model "
+                                    f"({mib:.1f} MiB, under its {self._max_body / 2**20:.0f} MiB cap) was "
+                                    "uploading: it stopped or restarted.")
+        try:
+            self._request("GET", "/v1/info")
+        except AgentUnreachable as exc:
+            return AgentUnreachable(f"the measurement agent at {self.url} went away while the model was uploading "
+                                    f"({exc})")
+        except DeployError:
+            pass
+        return DeployError(f"the measurement agent at {self.url} closed the connection while the model "
+                           f"({mib:.1f} MiB) was uploading: most likely it is too large for the agent (raise its "
+                           "--max-body-mb).")
 
     @staticmethod
     def _retry_after(value: str | None) -> float:
@@ -184,12 +206,14 @@ class AgentDevice(Device):
     # --- Device --------------------------------------------------------------------------------
 
     def info(self) -> dict:
-        """``GET /v1/info``: ``{"facts": {...}, "runtimes": [...]}`` (facts cached after the first call)."""
+        """``GET /v1/info``: ``{"facts": {...}, "runtimes": [...], "max_body_bytes": N}`` (cached once read)."""
         if self._facts is None:
             _, data = self._request("GET", "/v1/info")
             if not isinstance(data.get("facts"), dict):
                 raise DeployError(f"the measurement agent at {self.url} sent no facts; is it an edgefit agent?")
             self._facts, self._runtimes = data["facts"], list(data.get("runtimes") or [])
+            cap = data.get("max_body_bytes")
+            self._max_body = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
         return {"facts": dict(self._facts), "runtimes": list(self._runtimes)}
 
     def facts(self) -> dict:
@@ -207,6 +231,10 @@ class AgentDevice(Device):
         The agent has no reference model (``supports_reference`` is False): ``reference`` is ignored.
         """
         data = Path(model).read_bytes()
+        self.info()  # the agent's cap: a model over it is refused here, not after uploading it
+        if self._max_body is not None and len(data) > self._max_body:
+            raise DeployError(f"the model is too large for the agent at {self.url}: {len(data) / 2**20:.1f} MiB "
+                              f"is over its {self._max_body / 2**20:.0f} MiB cap (raise its --max-body-mb).")
         sent = sha256_bytes(data)
         query = {"runtime": self.target.runtime, "precision": precision, **settings_query(settings)}
         if self.threads and self.target.runtime == "onnxruntime":

@@ -736,7 +736,7 @@ class AgentServer(ThreadingMixIn, HTTPServer):
             self.facts = facts()
             rt = self.facts["runtimes"]
             self.runtimes = [n for n in RUNTIMES if rt.get(n)]
-        return {"facts": self.facts, "runtimes": self.runtimes}
+        return {"facts": self.facts, "runtimes": self.runtimes, "max_body_bytes": self.max_body}
 
     def admit(self) -> bool:
         with self.admit_lock:
