@@ -98,9 +98,9 @@ def test_a_model_that_really_is_slower_still_fails(models):
     assert verdict.ok is False and "not because of the machine's load" in verdict.failure
 
 
-def _m(p50: float, ref: float | None = None, rounds=(), ref_rounds=()) -> Measurement:
+def _m(p50: float, ref: float | None = None, rounds=(), ref_rounds=(), means=()) -> Measurement:
     return Measurement(0, 0.0, 64, p50, p50, p50 * 1.1, p50 * 1.2, None, 30, 1, True, 0.0, "x.onnx", p50, ref,
-                       tuple(rounds), tuple(ref_rounds))
+                       tuple(rounds), tuple(ref_rounds), tuple(means))
 
 
 def test_no_check_when_nothing_would_fail_or_nothing_contradicts():
@@ -123,3 +123,22 @@ def test_the_load_is_divided_out_round_by_round():
     slower = _m(30.0, ref=1.1, rounds=(30.0, 31.0, 29.0), ref_rounds=(1.1, 1.0, 1.05))
     _, check = check_shipped(earlier, _m(30.0, ref=1.1), lambda: slower, Budget(latency_ms=12))
     assert check.verdict == "slower" and check.corrected_ms > 12 and "really is slower" in check.detail
+
+
+def test_time_slicing_is_divided_out_of_means_not_of_quantized_p50s():
+    """A call longer than a time slice waits out whole slices: its p50 jumps further than the CPU share lost,
+    which the means (model's and reference's alike) follow. The model is compared with the reference within each
+    round, so the load the earlier measurement saw cancels as well."""
+    earlier = _m(10.0, ref=1.0, rounds=(10.0, 10.0, 10.0), ref_rounds=(1.0, 1.0, 1.0), means=(10.2, 10.2, 10.2))
+    sliced = _m(40.0, ref=3.2, rounds=(40.0, 40.0, 40.0), ref_rounds=(3.2, 3.2, 3.2), means=(32.0, 32.0, 32.0))
+    _, check = check_shipped(earlier, _m(40.0, ref=3.2), lambda: sliced, Budget(latency_ms=12))
+    assert check.verdict == "load" and check.corrected_ms == pytest.approx(10.0 * 10.0 / 10.2, abs=1e-3)
+    assert check.drift_pct == 220.0
+    # the same numbers without round means (an older record): the p50s are compared, and the excess stands
+    no_means = _m(40.0, ref=3.2, rounds=(40.0, 40.0, 40.0), ref_rounds=(3.2, 3.2, 3.2))
+    _, check = check_shipped(earlier, _m(40.0, ref=3.2), lambda: no_means, Budget(latency_ms=12))
+    assert check.verdict == "slower" and check.corrected_ms == 12.5
+    # a busy moment in one of the earlier rounds slowed model and reference alike: it cancels
+    bumpy = _m(10.0, ref=1.0, rounds=(20.0, 10.0, 10.0), ref_rounds=(2.0, 1.0, 1.0), means=(20.4, 10.2, 10.2))
+    _, check = check_shipped(bumpy, _m(40.0, ref=3.2), lambda: sliced, Budget(latency_ms=12))
+    assert check.corrected_ms == pytest.approx(10.0 * 10.0 / 10.2, abs=1e-3)

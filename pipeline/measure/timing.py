@@ -261,9 +261,10 @@ def time_session_with_reference(session, reference, settings=None, *, seed: int 
                                 max_time_s: float | None = None, **overrides: Any) -> tuple[Timing, Timing]:
     """:func:`time_session`, with the ``reference`` session timed right after each round of ``session``.
 
-    Returns ``(model, reference)``, both with ``round_p50_ms`` (one entry per round, always, even for one
-    round) so that a caller can pair round *r* of the model with round *r* of the reference: the two were
-    timed a fraction of a second apart, under the same load (:mod:`pipeline.measure.reference`).
+    Returns ``(model, reference)``, both with ``round_p50_ms`` and ``round_mean_ms`` (one entry per round,
+    always, even for one round) so that a caller can pair round *r* of the model with round *r* of the
+    reference: the two were timed a fraction of a second apart, under the same load
+    (:mod:`pipeline.measure.reference`).
     """
     import dataclasses
 
@@ -274,7 +275,7 @@ def time_session_with_reference(session, reference, settings=None, *, seed: int 
     ref = reference.bind(reference.example_input(seed))
     samples: list[int] = []
     ref_samples: list[int] = []
-    medians, ref_medians, ref_means = [], [], []
+    medians, means, ref_medians, ref_means = [], [], [], []
     for r in range(s.rounds):
         chunk = _timed_calls(call, warmup=s.warmup if r == 0 else 0, min_repeats=s.min_repeats,
                              min_time_s=s.min_time_s, max_repeats=10_000, max_time_s=max_time_s, collect=r == 0)
@@ -284,9 +285,11 @@ def time_session_with_reference(session, reference, settings=None, *, seed: int 
         samples += chunk
         ref_samples += ref_chunk
         medians.append(float(np.median(chunk)) / 1e6)
+        means.append(float(np.mean(chunk)) / 1e6)
         ref_medians.append(float(np.median(ref_chunk)) / 1e6)
         ref_means.append(float(np.mean(ref_chunk)) / 1e6)
-    return (Timing.from_samples(samples, warmup=s.warmup, threads=session.threads, round_p50_ms=tuple(medians)),
+    return (Timing.from_samples(samples, warmup=s.warmup, threads=session.threads, round_p50_ms=tuple(medians),
+                                round_mean_ms=tuple(means)),
             Timing.from_samples(ref_samples, warmup=REFERENCE_ROUND["warmup"], threads=reference.threads,
                                 round_p50_ms=tuple(ref_medians), round_mean_ms=tuple(ref_means)))
 
