@@ -28,7 +28,8 @@ def test_closed_loop_starts_from_a_known_measurement():
 
     known = {4: Measurement(4, 0.0, 100, 4.0, 4.0, 4.0, 4.0, 10.0, 30, 1, True, 0.0, "")}
     chosen, done = closed_loop(len(TRUE_MS), 14, lambda i: (TRUE_MS[i], 10.0), measure, budget, known=known)
-    assert TRUE_MS[chosen] <= 9.8 < TRUE_MS[chosen + 1] and 4 not in calls
+    limit = budget.latency_ms * (1 - budget.noise_margin_pct / 100)
+    assert TRUE_MS[chosen] <= limit < TRUE_MS[chosen + 1] and 4 not in calls
     assert {m.index for m in done} == set(calls) | {4}
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.budget import Budget
 from pipeline.core.errors import BudgetInfeasible, DeployError, ExportError, UsageError, VerificationFailed
 from pipeline.core.io import atomic_write, write_json
 
@@ -46,7 +47,7 @@ class PruneOptions:
     step: float = 0.05  # fraction of each layer's channels removed per iteration
     max_ratio: float = 0.95
     round_to: int = 8
-    noise_margin: float = 0.02
+    noise_margin: float = Budget().noise_margin_pct / 100  # as `deploy fit`
     finetune_lr: float = 2e-3
     scratch_lr: float = 1e-2
     batch_size: int = 64

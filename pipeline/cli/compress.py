@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import FRACTION, json_option
+from pipeline.cli.options import FRACTION, json_option, percent_option
 from pipeline.cli.output import emit
+from pipeline.core.budget import Budget
 
 
 def phased_bar(label: str):
@@ -57,10 +58,13 @@ def compress_text(d: dict) -> str:
               help="prune: epochs of fine-tuning after pruning (default 3); deep-compression: epochs of retraining "
                    "the pruned weights before sharing, as Han et al. (default 0: none; needs --data).")
 @click.option("--data", default=None, help="Dataset: accuracy before/after; prune: required (fine-tuning).")
+@percent_option("--noise-margin", default=Budget().noise_margin_pct, max_open=50,
+                help="prune: a measured latency this close under the budget counts as over it")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default RUN/compress-<method>).")
 @json_option("Print the result as one JSON object (progress goes to stderr).")
-def compress(run, method, bits, sparsity, index_bits, latency, target, finetune_epochs, data, out, as_json):
+def compress(run, method, bits, sparsity, index_bits, latency, target, finetune_epochs, data, noise_margin, out,
+             as_json):
     """Compress a trained run (RUN holds checkpoint.pt): deep compression or pruning to a measured latency."""
     out = out or run / f"compress-{method}"
     finetune_epochs_dc = finetune_epochs or 0
@@ -75,6 +79,7 @@ def compress(run, method, bits, sparsity, index_bits, latency, target, finetune_
             raise click.UsageError("--method prune needs --latency and --data")
         from pipeline.analysis.prune import PruneOptions, prune_run
 
-        opts = PruneOptions(latency=latency, target=target, finetune_epochs=finetune_epochs)
+        opts = PruneOptions(latency=latency, target=target, finetune_epochs=finetune_epochs,
+                            noise_margin=noise_margin / 100)
         result = prune_run(run, data, options=opts, out_dir=out, progress=phased_bar("prune"))
     emit(result, as_json, compress_text)

@@ -20,6 +20,7 @@ from pipeline.cli.options import (
 )
 from pipeline.cli.output import emit, log, progress_bar
 from pipeline.cli.render import si, table
+from pipeline.core.budget import Budget
 from pipeline.core.names import FAMILY_NAMES
 from pipeline.core.units import Duration, Size
 
@@ -109,7 +110,7 @@ def _family_choice_text(d: dict) -> list[str]:
 @click.option("--int8-exclude", multiple=True, help="Keep this node in float (repeatable).")
 @percentage_points_option("--int8-max-drop-pp", "--int8-max-drop", "int8_max_drop_pp", default=1.0,
                           help="Largest top-1 drop of the INT8 model below fp32")
-@percent_option("--noise-margin", default=2.0, max_open=50,
+@percent_option("--noise-margin", default=Budget().noise_margin_pct, max_open=50,
                 help="A measured latency or memory this close under its budget counts as over it")
 @json_option("Print fit.json to stdout (progress goes to stderr).")
 def fit(target_name, latency, memory, family, precision, percentile, phi_min, phi_max, alpha, beta, gamma,
@@ -118,7 +119,6 @@ def fit(target_name, latency, memory, family, precision, percentile, phi_min, ph
         init_from, min_accuracy, calibration_data, calibration_method, calibration_samples, int8_exclude,
         int8_max_drop_pp, noise_margin, as_json):
     """Find the largest model that fits the budget, export it to ONNX, verify it on the device."""
-    from pipeline.core.budget import Budget
     from pipeline.fit.auto import AUTO, fit_auto
     from pipeline.fit.flow import fit as fit_one
     from pipeline.fit.options import DataOptions, DeviceOptions, Int8Options, RunOptions, SearchOptions

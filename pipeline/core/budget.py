@@ -16,7 +16,8 @@ class Budget:
     latency_ms: float | None = None
     memory_mb: float | None = None
     percentile: int = 50
-    noise_margin_pct: float = 2.0  # a *measured* value this close under a budget counts as over it
+    noise_margin_pct: float = 5.0  # a *measured* value this close under a budget counts as over it (see
+    # pipeline/measure/loop.py: the shipped model must still fit when it is re-timed later)
 
     def to_dict(self) -> dict:
         return asdict(self)
