@@ -31,6 +31,10 @@ from pipeline.measure.timing import time_onnx  # noqa: E402
 from pipeline.models import build, initialize  # noqa: E402
 from pipeline.predict.targets import load_target  # noqa: E402
 
+# one architecture's representative φ depends on the range it was enumerated over (fit's [-4, 4], the exhaustive
+# run's narrower one) by up to ~1e-4; distinct architectures lie at least ~0.01 apart
+PHI_TOL = 1e-3
+
 
 def exhaustive(family: str, lo: float, hi: float, threads: int, tmp: Path) -> list[dict]:
     """Measure every distinct architecture in [lo, hi] with the same harness as fit."""
@@ -62,6 +66,7 @@ def main() -> int:
         import json
 
         saved = json.loads((RESULTS / "fit_quality.json").read_text())
+        _compare([r for r in saved["rows"] if "phi" in r], saved["exhaustive"])
         return _report(saved["rows"], saved["exhaustive"], saved["summary"]["family"], threads,
                        saved["summary"]["export_cache"] == "warm")
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -79,10 +84,18 @@ def main() -> int:
                 rows.append({"budget_ms": b, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             wall = time.perf_counter() - t0
-            # independently, as a user would: a fresh session with the harness defaults, not fit's rounds
-            retime = time_onnx(Path(d["run_dir"]) / "model.onnx", threads=threads).p50_ms
+            # independently, as a user would: fresh sessions with the harness defaults, not fit's rounds. Twice,
+            # a few seconds apart, keeping the lower p50 (calibration's statistic): a slow spell of this shared VM
+            # moves one timing by up to ±5%, which is the machine, not the pick
+            retimes = []
+            for _ in range(2):
+                retimes.append(time_onnx(Path(d["run_dir"]) / "model.onnx", threads=threads).p50_ms)
+                time.sleep(2.0)
+            retime = min(retimes)
             rows.append({"budget_ms": b, "phi": d["phi"],
                          "measured_ms": d["measured"]["latency_ms"], "retimed_ms": round(retime, 3),
+                         "retimes_ms": [round(x, 3) for x in retimes],
+                         "noise_margin_pct": d["budget"]["noise_margin_pct"],
                          "utilisation": round(retime / b, 3), "violation": retime > b,
                          "measurements": len(d["measurements"]), "wall_s": round(wall, 1),
                          "search_s": d["search"].get("step_seconds"),
@@ -95,16 +108,22 @@ def main() -> int:
             lo = min(r["phi"] for r in ok) - 0.6 if ok else -4.0
             hi = max(r["phi"] for r in ok) + 0.6 if ok else 2.0
             ex = exhaustive(args.family, max(-4.0, lo), min(4.0, hi), threads, Path(tmp))
-            for r in ok:
-                fitting = [e for e in ex if e["p50_ms"] <= r["budget_ms"]]
-                best = max(fitting, key=lambda e: e["index"]) if fitting else None
-                r["exhaustive_phi"] = best and best["phi"]
-                r["same_as_exhaustive"] = best is not None and abs(best["phi"] - r["phi"]) < 1e-9
-                mine = next((e for e in ex if abs(e["phi"] - r["phi"]) < 1e-9), None)
-                nxt = mine and next((e for e in ex if e["index"] == mine["index"] + 1), None)
-                r["next_larger_ms"] = nxt and nxt["p50_ms"]
-                r["next_larger_fits"] = None if not nxt else nxt["p50_ms"] <= r["budget_ms"]
+            _compare(ok, ex)
     return _report(rows, ex, args.family, threads, args.warm_cache)
+
+
+def _compare(ok: list[dict], ex: list[dict]) -> None:
+    """Each pick against the exhaustive timings: the largest that fits, and the next larger than the pick."""
+    for r in ok:  # the fit's own rule: a measurement must fit the budget less the noise margin
+        limit = r["budget_ms"] * (1 - r["noise_margin_pct"] / 100)
+        fitting = [e for e in ex if e["p50_ms"] <= limit]
+        best = max(fitting, key=lambda e: e["index"]) if fitting else None
+        r["exhaustive_phi"] = best and best["phi"]
+        r["same_as_exhaustive"] = best is not None and abs(best["phi"] - r["phi"]) < PHI_TOL
+        mine = next((e for e in ex if abs(e["phi"] - r["phi"]) < PHI_TOL), None)
+        nxt = mine and next((e for e in ex if e["index"] == mine["index"] + 1), None)
+        r["next_larger_ms"] = nxt and nxt["p50_ms"]
+        r["next_larger_fits"] = None if not nxt else nxt["p50_ms"] <= limit
 
 
 def _report(rows: list[dict], ex: list[dict] | None, family: str, threads: int, warm_cache: bool) -> int:
@@ -126,8 +145,10 @@ def _report(rows: list[dict], ex: list[dict] | None, family: str, threads: int, 
         f"{k}: {v}" for k, v in summary.items()), "",
         "*wall s* is the whole `fit` call in one process: predictor, search, exporting and timing candidates, "
         "parity, memory, report. Each fit starts with an empty export cache, so it is a first fit's time. "
-        "*re-timed ms* is the shipped `model.onnx` timed again in a fresh session with the harness defaults. "
-        "*exhaustive φ* is the largest architecture whose own measurement fits the budget, from timing every "
+        "*re-timed ms* is the shipped `model.onnx` timed again in a fresh session with the harness defaults, twice "
+        "a few seconds apart, the lower p50 (a *violation* is that over the budget). "
+        "*exhaustive φ* is the largest architecture whose own measurement fits the budget less fit's noise margin "
+        "(*next fits* likewise), from timing every "
         "architecture on the frontier with fit's settings (the plot); within one architecture of it, a pick is "
         "inside this machine's run-to-run noise.", "",
         "| budget ms | φ | re-timed ms | utilisation | violation | measurements | wall s | exhaustive φ | same | "
