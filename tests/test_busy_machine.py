@@ -116,7 +116,7 @@ def test_no_check_when_nothing_would_fail_or_nothing_contradicts():
 
 
 def test_the_load_is_divided_out_round_by_round():
-    earlier = _m(10.0, ref=1.0)
+    earlier = _m(10.0, ref=1.0, rounds=(10.0, 10.0, 10.0), ref_rounds=(1.0, 1.0, 1.0))  # as a real one has
     again = _m(19.0, ref=2.0, rounds=(20.0, 18.0, 19.0), ref_rounds=(2.0, 1.8, 2.0))
     final, check = check_shipped(earlier, _m(18.0, ref=1.9), lambda: again, Budget(latency_ms=12))
     assert final is again and check.verdict == "load" and check.corrected_ms == 10.0 and check.drift_pct == 100.0

@@ -201,9 +201,8 @@ class LoadCheck:
     sharing a CPU with three busy processes had its p50 go 4.8× while the reference's mean went
     3.6×). Measured with the load test's setup and two more busy processes floating over the CPUs,
     this estimate stayed within 0.86–1.07× of the quiet p50; dividing the model's p50 by the
-    reference's drift since the earlier baseline swung 0.93–1.48×. Records without round means
-    fall back to round p50s; without the earlier rounds, to that division. A tail percentile is
-    scaled by the reference's drift.
+    reference's drift since the earlier baseline swung 0.93–1.48×. Without round means, the round
+    p50s stand in. A tail percentile is scaled by the reference's drift.
     ``verdict``: ``"load"`` when the corrected latency fits the budget (the excess was the machine),
     ``"slower"`` when it does not (the excess survives: the model really is slower).
     """
@@ -236,7 +235,7 @@ def load_check(earlier: Measurement, again: Measurement, contradicting: Measurem
     p, base = budget.percentile, earlier.reference_ms
     pairs = list(zip(again.round_ms, again.reference_round_ms))
     ref_now = statistics.median(r for _, r in pairs)
-    if p == 50 and earlier.reference_round_ms and (earlier.round_mean_ms or earlier.round_ms):
+    if p == 50:  # (a measurement with reference timings always has its rounds: see from_device)
         means = bool(again.round_mean_ms and earlier.round_mean_ms)
 
         def relative(m: Measurement) -> float:  # the model against the reference, round by round
@@ -244,8 +243,6 @@ def load_check(earlier: Measurement, again: Measurement, contradicting: Measurem
             return statistics.median(x / r for x, r in zip(model, m.reference_round_ms))
 
         corrected = earlier.latency_at(50) * relative(again) / relative(earlier)
-    elif p == 50:
-        corrected = statistics.median(m * base / r for m, r in pairs)
     else:  # a tail percentile pools every call: scale it by the rounds' median drift
         corrected = again.latency_at(p) * base / ref_now
     drift = ref_now / base - 1
