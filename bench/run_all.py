@@ -8,7 +8,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ["cost_speed.py", "predictor_accuracy.py", "predictor_published.py", "fit_quality.py", "accuracy_vs_scale.py",
-           "deep_compression_mlp.py", "compression_vs_scaling.py", "int8_speedup.py", "scaling_study.py"]
+           "deep_compression_mlp.py", "compression_vs_scaling.py", "int8_speedup.py", "scaling_study.py",
+           "load_check.py"]
 
 if __name__ == "__main__":
     failed = []
