@@ -78,3 +78,6 @@ def test_prune_refusals(run):
     res = CliRunner().invoke(cli, ["compress", str(root / "run"), "--method", "prune", "--latency", "1ms",
                                    "--data", str(data), "--target", "jetson-nano", "--out", str(root / "y")])
     assert res.exit_code == 1 and "not measurable" in res.output
+    res = CliRunner().invoke(cli, ["compress", str(root / "run"), "--method", "prune", "--latency", f"{base * 3}ms",
+                                   "--noise-margin", "12", "--data", str(data), "--out", str(root / "z")])
+    assert res.exit_code == 2 and "nothing to prune" in res.output and "12% noise margin" in res.output

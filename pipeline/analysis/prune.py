@@ -279,7 +279,8 @@ def prune_run(run: str | Path, data: str | Path, *, options: PruneOptions, out_d
         base_bytes = base_onnx.stat().st_size
         if base_lat["judged_ms"] <= budget * (1 - options.noise_margin):
             raise UsageError(f"the run's model already measures {base_lat['judged_ms']:.3f} ms, within the "
-                             f"{budget:g} ms budget: nothing to prune. Give a tighter --latency.")
+                             f"{budget:g} ms budget less its {options.noise_margin:.0%} noise margin: nothing to "
+                             "prune. Give a tighter --latency.")
         base_acc = train_module(model, ds, split, pre, epochs=0, lr=0, batch_size=1, seed=0)["val_accuracy"]
         steps = prune_to_latency(model, budget, timer, options, progress)
         pruned_acc = train_module(model, ds, split, pre, epochs=0, lr=0, batch_size=1, seed=0)["val_accuracy"]
